@@ -1,0 +1,30 @@
+# The streamrec image: the worker, the producers and the replay tools.
+#   docker build -t streamrec .
+#   docker run --rm streamrec streamrec --help
+# docker-compose.yml runs it as the `worker` and `producer` services.
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+WORKDIR /app
+
+# Only what the package needs; tests, docs and scripts stay out of the image.
+COPY pyproject.toml README.md ./
+COPY config/ config/
+COPY models/ models/
+COPY producers/ producers/
+COPY streams/ streams/
+RUN pip install .
+
+# An unprivileged user; the worker keeps its state under /app/.run.
+RUN useradd --create-home --uid 10001 streamrec \
+    && mkdir -p /app/.run \
+    && chown streamrec /app/.run
+USER streamrec
+
+# Prometheus metrics of the worker (STREAMREC_WEB_PORT).
+EXPOSE 6066
+CMD ["streamrec", "worker"]

@@ -1,0 +1,170 @@
+"""Typed settings, read from ``STREAMREC_*`` environment variables.
+
+Every field has a default that works with ``scripts/services.sh`` on one
+machine; ``docs/CONFIGURATION.md`` and the README table list them. Settings are
+checked once, at start, and a bad value stops the process with a message that
+names the variable, the value and what would be accepted.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_PREFIX = "STREAMREC_"
+
+
+class ConfigError(ValueError):
+    """Settings that cannot work; the message says which variable and how to fix it."""
+
+
+class Settings(BaseSettings):
+    """All knobs of the worker, the producers and the replay."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, frozen=True)
+
+    # --- services -----------------------------------------------------------
+    kafka_bootstrap: str = Field(
+        "127.0.0.1:9092", description="Kafka bootstrap servers, host:port[,host:port]"
+    )
+    redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis URL")
+    app_id: str = Field(
+        "streamrec", description="Faust app id: consumer group and table prefix"
+    )
+    store: str = Field(
+        "memory://", description="Faust table store (memory:// or rocksdb://)"
+    )
+    data_dir: str = Field(".run/worker", description="Folder for the worker's state")
+    web_port: int = Field(6066, ge=1, le=65535, description="Port of /metrics")
+
+    # --- topics -------------------------------------------------------------
+    events_topic: str = Field("events", description="Input topic of shop events")
+    recommendations_topic: str = Field(
+        "recommendations", description="Output topic of top-K lists"
+    )
+    dead_letter_topic: str = Field(
+        "events-dead-letter", description="Invalid events with their reason"
+    )
+    item_updates_topic: str = Field(
+        "item-updates", description="Item gradients routed to each item's owner"
+    )
+    partitions: int = Field(8, ge=1, le=1024, description="Partitions of every topic")
+
+    # --- lists --------------------------------------------------------------
+    top_k: int = Field(20, ge=1, le=1000, description="Length of a shopper's list")
+    min_history: int = Field(
+        3, ge=0, description="Events before a shopper gets personal (not popular) lists"
+    )
+    exclude_viewed: bool = Field(
+        False, description="Also hide items the shopper only viewed"
+    )
+    list_ttl_s: int = Field(
+        7 * 24 * 3600, ge=1, description="Lifetime of a list in Redis"
+    )
+    key_prefix: str = Field("rec:", description="Redis key prefix of lists")
+
+    # --- learning -----------------------------------------------------------
+    n_factors: int = Field(32, ge=1, le=1024, description="Latent factors")
+    learning_rate: float = Field(0.05, gt=0, le=10, description="SGD step size")
+    regularization: float = Field(0.01, ge=0, le=10, description="L2 penalty")
+    n_negatives: int = Field(4, ge=0, le=100, description="Sampled negatives/event")
+    grad_clip: float = Field(1.0, gt=0, description="Max norm of one gradient")
+    init_scale: float = Field(0.1, gt=0, le=1, description="Std of new factors")
+    weight_view: float = Field(1.0, ge=0, description="Weight of a view")
+    weight_click: float = Field(1.5, ge=0, description="Weight of a click")
+    weight_add_to_cart: float = Field(3.0, ge=0, description="Weight of add_to_cart")
+    weight_purchase: float = Field(5.0, ge=0, description="Weight of a purchase")
+    seed: int = Field(42, description="Seed of every random choice")
+
+    # --- hot path -----------------------------------------------------------
+    batch_max: int = Field(1000, ge=1, le=100_000, description="Max events per batch")
+    batch_within_s: float = Field(
+        0.05, gt=0, le=10, description="Max wait to fill a batch"
+    )
+    max_id_length: int = Field(128, ge=1, le=1024, description="Longest accepted id")
+    max_future_s: int = Field(
+        300, ge=0, description="How far ahead of the clock a timestamp may be"
+    )
+    dedup_window_s: int = Field(
+        3600, ge=0, description="How long an event_id is remembered per shopper"
+    )
+    recent_items: int = Field(
+        20, ge=1, le=1000, description="Last items kept per shopper"
+    )
+
+    @field_validator("kafka_bootstrap")
+    @classmethod
+    def _check_bootstrap(cls, value: str) -> str:
+        for server in value.split(","):
+            host, _, port = server.strip().rpartition(":")
+            if not host or not port.isdigit():
+                raise ValueError(
+                    f"expected host:port[,host:port], got {server!r}; "
+                    "for the local broker use 127.0.0.1:9092"
+                )
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _check_redis_url(cls, value: str) -> str:
+        if urlsplit(value).scheme not in ("redis", "rediss", "unix"):
+            raise ValueError(
+                f"expected a redis://, rediss:// or unix:// URL, got "
+                f"{redact_url(value)!r}; for the local Redis use "
+                "redis://127.0.0.1:6379/0"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _check_topics_differ(self) -> Settings:
+        topics = [
+            self.events_topic,
+            self.recommendations_topic,
+            self.dead_letter_topic,
+            self.item_updates_topic,
+        ]
+        if len(set(topics)) != len(topics):
+            raise ValueError(f"topic names must differ, got {topics}")
+        return self
+
+    @cached_property
+    def event_weights(self) -> dict[str, float]:
+        return {
+            "view": self.weight_view,
+            "click": self.weight_click,
+            "add_to_cart": self.weight_add_to_cart,
+            "purchase": self.weight_purchase,
+        }
+
+    @property
+    def redis_url_redacted(self) -> str:
+        return redact_url(self.redis_url)
+
+
+def redact_url(url: str) -> str:
+    """Hide the password of a URL so that it can be logged."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    user = f"{parts.username}:***@" if parts.username else ":***@"
+    return urlunsplit(parts._replace(netloc=user + netloc))
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read settings from the environment, or raise :class:`ConfigError`."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        lines = []
+        for error in exc.errors():
+            name = ENV_PREFIX + "_".join(str(p) for p in error["loc"]).upper()
+            lines.append(f"  {name}: {error['msg']} (got {error.get('input')!r})")
+        raise ConfigError(
+            "invalid streamrec settings:\n"
+            + "\n".join(lines)
+            + "\nfix the environment variables above; see README.md#configuration"
+        ) from None

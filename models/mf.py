@@ -1,0 +1,486 @@
+"""Online matrix factorization for implicit feedback, learned by SGD.
+
+The score of item ``i`` for shopper ``u`` is ``x_ui = p_u . q_i + b_i``. Each
+event is a positive; it is contrasted with ``n_negatives`` items drawn from the
+items seen so far, under a weighted BPR loss (Rendle et al. 2009)::
+
+    L = sum_j  -w_e * log(sigmoid(x_ui - x_uj))
+        + reg/2 * (|p_u|^2 + |q_i|^2 + |q_j|^2 + b_i^2 + b_j^2)
+
+where ``w_e`` is the weight of the event's type (a purchase says more than a
+view). A micro-batch of events is learned in one vectorised step: every
+gradient is taken at the state from before the batch, clipped to a maximum
+norm, and the steps of one shopper or one item are summed.
+
+Shopper updates are applied here, to the profiles passed in. Item updates are
+returned as an :class:`ItemUpdate`, because on the worker an item belongs to
+one owner that applies them (see ``docs/ARCHITECTURE.md``); in-process, the
+caller applies them at once with :meth:`OnlineMF.apply_item_update`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, MutableMapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from models.events import Event
+from models.items import FLOAT, ItemTable
+from models.profiles import UserProfile
+
+# Shoppers scored per matrix product: bounds the (users x items) score matrix.
+_SCORE_CHUNK = 256
+
+DEFAULT_EVENT_WEIGHTS: Mapping[str, float] = {
+    "view": 1.0,
+    "click": 1.5,
+    "add_to_cart": 3.0,
+    "purchase": 5.0,
+}
+
+
+@dataclass(frozen=True)
+class MFConfig:
+    """Hyper-parameters; ``config.Settings`` carries the same names."""
+
+    n_factors: int = 32
+    learning_rate: float = 0.05
+    regularization: float = 0.01
+    n_negatives: int = 4
+    negative_pool: int = 128
+    grad_clip: float = 1.0
+    batch_clip: float = 4.0
+    init_scale: float = 0.1
+    event_weights: Mapping[str, float] = field(
+        default_factory=lambda: dict(DEFAULT_EVENT_WEIGHTS)
+    )
+    seed: int = 42
+    min_history: int = 3
+    exclude_viewed: bool = False
+    recent_items: int = 20
+    dedup_window_ms: int = 3_600_000
+
+    def __post_init__(self) -> None:
+        weights = self.event_weights
+        if not (
+            weights["purchase"]
+            >= weights["add_to_cart"]
+            >= weights["click"]
+            >= weights["view"]
+            >= 0
+        ):
+            raise ValueError(
+                "event weights must rank purchase >= add_to_cart >= click >= "
+                f"view >= 0, got {dict(weights)}"
+            )
+
+
+@dataclass
+class ItemUpdate:
+    """Summed gradients of one batch per item, for the item's owner to apply."""
+
+    item_ids: list[str]
+    vector_grads: np.ndarray  # (n, n_factors) float32
+    bias_grads: np.ndarray  # (n,) float32
+    counts: np.ndarray  # (n,) events per item in the batch
+
+    def __len__(self) -> int:
+        return len(self.item_ids)
+
+
+@dataclass
+class BatchResult:
+    """What one call of :meth:`OnlineMF.learn_batch` did."""
+
+    learned: int
+    duplicates: int
+    users: list[str]
+    item_update: ItemUpdate
+    nonfinite: int = 0
+
+
+@dataclass
+class Recommendation:
+    """A shopper's top-K list; ``personal`` is False for the popularity fallback."""
+
+    user_id: str
+    items: list[str]
+    scores: list[float]
+    personal: bool
+
+
+def bpr_gradients(
+    users: np.ndarray,
+    positives: np.ndarray,
+    negatives: np.ndarray,
+    positive_bias: np.ndarray,
+    negative_bias: np.ndarray,
+    weights: np.ndarray,
+    regularization: float,
+    negative_mask: np.ndarray | None = None,
+) -> tuple[np.ndarray, ...]:
+    """Gradients of the weighted BPR loss for a batch of events.
+
+    Shapes: users and positives (B, k), negatives (B, n, k), biases (B,) and
+    (B, n), weights (B,). ``negative_mask`` (B, n) is False where a sampled
+    negative is the positive itself and must not count. Returns gradients for
+    users, positives, negatives, positive biases and negative biases.
+    """
+    # predict: the score margin of the positive over each negative
+    margin = (
+        np.einsum("bk,bk->b", users, positives)[:, None]
+        + positive_bias[:, None]
+        - np.einsum("bk,bnk->bn", users, negatives)
+        - negative_bias
+    )
+
+    # gradient: d/dx -log(sigmoid(x)) = -sigmoid(-x), weighted per event
+    pull = weights[:, None] / (1.0 + np.exp(np.clip(margin, -30.0, 30.0)))
+    if negative_mask is not None:
+        pull = pull * negative_mask
+    pull = pull.astype(FLOAT)
+
+    # regularise: L2 on every parameter the event touched
+    user_grad = (
+        -np.einsum("bn,bnk->bk", pull, positives[:, None, :] - negatives)
+        + regularization * users
+    )
+    positive_grad = -pull.sum(axis=1)[:, None] * users + regularization * positives
+    negative_grad = pull[:, :, None] * users[:, None, :] + regularization * negatives
+    positive_bias_grad = -pull.sum(axis=1) + regularization * positive_bias
+    negative_bias_grad = pull + regularization * negative_bias
+    return (
+        user_grad,
+        positive_grad,
+        negative_grad,
+        positive_bias_grad,
+        negative_bias_grad,
+    )
+
+
+def bpr_loss(
+    users: np.ndarray,
+    positives: np.ndarray,
+    negatives: np.ndarray,
+    positive_bias: np.ndarray,
+    negative_bias: np.ndarray,
+    weights: np.ndarray,
+    regularization: float,
+) -> float:
+    """The loss :func:`bpr_gradients` differentiates (for gradient checks)."""
+    margin = (
+        np.einsum("bk,bk->b", users, positives)[:, None]
+        + positive_bias[:, None]
+        - np.einsum("bk,bnk->bn", users, negatives)
+        - negative_bias
+    )
+    data = float((weights[:, None] * np.logaddexp(0.0, -margin)).sum())
+    n_neg = negatives.shape[1]
+    penalty = (
+        n_neg * (users**2).sum()
+        + n_neg * (positives**2).sum()
+        + (negatives**2).sum()
+        + n_neg * (positive_bias**2).sum()
+        + (negative_bias**2).sum()
+    )
+    return data + regularization / 2 * float(penalty)
+
+
+def clip_rows(grads: np.ndarray, max_norm: float) -> np.ndarray:
+    """Scale each row (last axis) down to at most ``max_norm``."""
+    norms = np.linalg.norm(grads, axis=-1, keepdims=True)
+    scale = np.minimum(1.0, max_norm / np.maximum(norms, 1e-12))
+    return grads * scale
+
+
+class OnlineMF:
+    """Online SGD matrix factorization with a popularity fallback.
+
+    Examples
+    --------
+    >>> model = OnlineMF(MFConfig(n_factors=8))
+    >>> users: dict[str, UserProfile] = {}
+    >>> result = model.learn_batch([some_event], users)   # doctest: +SKIP
+    >>> model.apply_item_update(result.item_update)       # doctest: +SKIP
+    >>> model.recommend([users["u1"]], ["u1"], k=10)      # doctest: +SKIP
+    """
+
+    def __init__(self, config: MFConfig, items: ItemTable | None = None) -> None:
+        self.config = config
+        self.items = items or ItemTable(
+            config.n_factors, init_scale=config.init_scale, seed=config.seed
+        )
+        self.rng = np.random.default_rng(config.seed)
+        self.nonfinite_users = 0
+        self.nonfinite_items = 0
+
+    def new_profile(self, user_id: str) -> UserProfile:
+        c = self.config
+        return UserProfile.new(user_id, c.n_factors, c.init_scale, c.seed)
+
+    # --- learning -----------------------------------------------------------
+
+    def learn_batch(
+        self, events: Sequence[Event], profiles: MutableMapping[str, UserProfile]
+    ) -> BatchResult:
+        """Learn one micro-batch; updates ``profiles`` in place (missing ones
+        are created) and returns the item gradients for the items' owner."""
+        fresh = self._drop_duplicates(events, profiles)
+        if not fresh:
+            return BatchResult(0, len(events), [], self._empty_update())
+        user_ids = list(dict.fromkeys(e.user_id for e in fresh))
+        user_row = {user_id: row for row, user_id in enumerate(user_ids)}
+        user_matrix = np.stack([profiles[u].vector for u in user_ids])
+
+        event_users = np.fromiter((user_row[e.user_id] for e in fresh), np.int64)
+        positive_rows = self.items.rows([e.item_id for e in fresh])
+        weights = np.fromiter(
+            (self.config.event_weights[e.event_type] for e in fresh), FLOAT
+        )
+        negative_rows = self._sample_negatives(len(fresh))
+        grads = self._gradients(
+            user_matrix, event_users, positive_rows, negative_rows, weights
+        )
+        self._apply_user_steps(user_ids, user_matrix, event_users, grads[0], profiles)
+        update = self._item_update(positive_rows, negative_rows, grads[1:])
+        self._remember(fresh, profiles)
+        return BatchResult(len(fresh), len(events) - len(fresh), user_ids, update)
+
+    def item_steps(self, update: ItemUpdate) -> tuple[np.ndarray, np.ndarray]:
+        """The SGD steps of summed item gradients: what the owner adds.
+
+        Summed gradients are clipped again, so that a popular item touched by
+        a whole batch moves by at most ``batch_clip`` times one event's step.
+        """
+        limit = self.config.grad_clip * self.config.batch_clip
+        lr = self.config.learning_rate
+        vector_steps = -lr * clip_rows(update.vector_grads, limit)
+        bias_steps = -lr * np.clip(update.bias_grads, -limit, limit)
+        return vector_steps.astype(FLOAT), bias_steps.astype(FLOAT)
+
+    def apply_item_update(self, update: ItemUpdate) -> None:
+        """Apply item gradients to this model's own items (the owner's step)."""
+        if not len(update):
+            return
+        rows = self.items.rows(update.item_ids)
+        vector_steps, bias_steps = self.item_steps(update)
+        refused = self.items.apply(rows, vector_steps, bias_steps, update.counts)
+        self.nonfinite_items += refused
+
+    def _drop_duplicates(
+        self, events: Sequence[Event], profiles: MutableMapping[str, UserProfile]
+    ) -> list[Event]:
+        fresh: list[Event] = []
+        seen: dict[str, set[str]] = {}  # per shopper: event ids learned
+        for event in events:
+            known = seen.get(event.user_id)
+            if known is None:
+                profile = profiles.get(event.user_id)
+                if profile is None:
+                    profile = profiles[event.user_id] = self.new_profile(event.user_id)
+                known = seen[event.user_id] = set(profile.event_ids)
+            if event.event_id in known:
+                continue
+            known.add(event.event_id)
+            fresh.append(event)
+        return fresh
+
+    def _sample_negatives(self, n_events: int) -> np.ndarray:
+        # One shared pool of candidates per batch, each event drawing its
+        # negatives from it: the batch then touches at most ``negative_pool``
+        # negative items, which bounds the item updates sent to their owners.
+        n_items = len(self.items)
+        n_negatives = self.config.n_negatives
+        if n_events * n_negatives <= self.config.negative_pool:
+            return self.rng.integers(0, n_items, size=(n_events, n_negatives))
+        pool = self.rng.integers(0, n_items, size=self.config.negative_pool)
+        picks = self.rng.integers(0, len(pool), size=(n_events, n_negatives))
+        return pool[picks]
+
+    def _gradients(
+        self,
+        user_matrix: np.ndarray,
+        event_users: np.ndarray,
+        positive_rows: np.ndarray,
+        negative_rows: np.ndarray,
+        weights: np.ndarray,
+    ) -> tuple[np.ndarray, ...]:
+        items = self.items
+        grads = bpr_gradients(
+            user_matrix[event_users],
+            items.vectors[positive_rows],
+            items.vectors[negative_rows],
+            items.biases[positive_rows],
+            items.biases[negative_rows],
+            weights,
+            self.config.regularization,
+            negative_mask=negative_rows != positive_rows[:, None],
+        )
+        # clip: one event may move a vector by at most learning_rate * grad_clip
+        clip = self.config.grad_clip
+        return (
+            clip_rows(grads[0], clip),
+            clip_rows(grads[1], clip),
+            clip_rows(grads[2], clip),
+            np.clip(grads[3], -clip, clip),
+            np.clip(grads[4], -clip, clip),
+        )
+
+    def _apply_user_steps(
+        self,
+        user_ids: list[str],
+        user_matrix: np.ndarray,
+        event_users: np.ndarray,
+        user_grads: np.ndarray,
+        profiles: MutableMapping[str, UserProfile],
+    ) -> None:
+        steps = np.zeros_like(user_matrix)
+        np.add.at(steps, event_users, user_grads)
+        updated = user_matrix - self.config.learning_rate * steps
+        finite = np.isfinite(updated).all(axis=1)
+        self.nonfinite_users += int((~finite).sum())
+        for row, user_id in enumerate(user_ids):
+            if finite[row]:
+                profiles[user_id].factors = updated[row].astype(FLOAT).tobytes()
+
+    def _item_update(
+        self,
+        positive_rows: np.ndarray,
+        negative_rows: np.ndarray,
+        grads: tuple[np.ndarray, ...],
+    ) -> ItemUpdate:
+        positive_grad, negative_grad, positive_bias_grad, negative_bias_grad = grads
+        all_rows = np.concatenate([positive_rows, negative_rows.ravel()])
+        unique_rows, inverse = np.unique(all_rows, return_inverse=True)
+        vector_grads = np.zeros((len(unique_rows), self.config.n_factors), FLOAT)
+        np.add.at(
+            vector_grads,
+            inverse,
+            np.concatenate(
+                [positive_grad, negative_grad.reshape(-1, positive_grad.shape[1])]
+            ),
+        )
+        bias_grads = np.zeros(len(unique_rows), FLOAT)
+        np.add.at(
+            bias_grads,
+            inverse,
+            np.concatenate([positive_bias_grad, negative_bias_grad.ravel()]),
+        )
+        counts = np.zeros(len(unique_rows), FLOAT)
+        np.add.at(counts, inverse[: len(positive_rows)], 1.0)
+        ids = self.items.ids
+        return ItemUpdate(
+            [ids[r] for r in unique_rows], vector_grads, bias_grads, counts
+        )
+
+    def _empty_update(self) -> ItemUpdate:
+        k = self.config.n_factors
+        return ItemUpdate(
+            [], np.zeros((0, k), FLOAT), np.zeros(0, FLOAT), np.zeros(0, FLOAT)
+        )
+
+    def _remember(
+        self, events: list[Event], profiles: MutableMapping[str, UserProfile]
+    ) -> None:
+        by_user: dict[str, list[Event]] = {}
+        for event in events:
+            by_user.setdefault(event.user_id, []).append(event)
+        for user_id, user_events in by_user.items():
+            profiles[user_id].remember(
+                user_events,
+                recent_items=self.config.recent_items,
+                dedup_window_ms=self.config.dedup_window_ms,
+            )
+
+    # --- lists --------------------------------------------------------------
+
+    def recommend(
+        self, profiles: Sequence[UserProfile], user_ids: Sequence[str], k: int
+    ) -> list[Recommendation]:
+        """Top-``k`` lists for several shoppers, scored in one matrix product.
+
+        A shopper's bought items never appear (nor anything they interacted
+        with, when ``exclude_viewed``). Shoppers with fewer than
+        ``min_history`` events get the most popular items instead.
+        """
+        if not len(self.items):
+            return [Recommendation(u, [], [], False) for u in user_ids]
+        personal = [p.n_events >= self.config.min_history for p in profiles]
+        result: list[Recommendation] = []
+        chosen = [i for i, is_personal in enumerate(personal) if is_personal]
+        for start in range(0, len(chosen), _SCORE_CHUNK):
+            chunk = chosen[start : start + _SCORE_CHUNK]
+            result += self._top_personal(
+                [profiles[i] for i in chunk], [user_ids[i] for i in chunk], k
+            )
+        chosen = [i for i, is_personal in enumerate(personal) if not is_personal]
+        if chosen:
+            order = self.popularity_order()
+            for i in chosen:
+                result.append(self._top_popular(user_ids[i], profiles[i], order, k))
+        by_user = {rec.user_id: rec for rec in result}
+        return [by_user[u] for u in user_ids]
+
+    def popularity_order(self) -> np.ndarray:
+        """Item rows by event count, most first; earlier first appearance wins
+        ties (the reference baseline of EVALUATION.md)."""
+        counts = self.items.counts
+        return np.lexsort((np.arange(len(counts)), -counts))
+
+    def _hidden(self, profile: UserProfile) -> list[str]:
+        return profile.items if self.config.exclude_viewed else profile.bought
+
+    def _top_personal(
+        self, profiles: list[UserProfile], user_ids: list[str], k: int
+    ) -> list[Recommendation]:
+        items = self.items
+        users = np.stack([p.vector for p in profiles])
+        scores = users @ items.vectors.T + items.biases
+
+        # exclude: hidden items score -inf, so they can only come last
+        hidden = [items.known_rows(self._hidden(p)) for p in profiles]
+        lengths = [len(h) for h in hidden]
+        if sum(lengths):
+            scores[
+                np.repeat(np.arange(len(profiles)), lengths), np.concatenate(hidden)
+            ] = -np.inf
+
+        # rank: partial sort to the k best, then sort those k
+        k = min(k, len(items))
+        best = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+        best_scores = np.take_along_axis(scores, best, axis=1)
+        order = np.argsort(-best_scores, axis=1, kind="stable")
+        best = np.take_along_axis(best, order, axis=1)
+        best_scores = np.take_along_axis(best_scores, order, axis=1)
+
+        ids = items.ids
+        result = []
+        for n, user_id in enumerate(user_ids):
+            keep = np.isfinite(best_scores[n])
+            result.append(
+                Recommendation(
+                    user_id,
+                    [ids[r] for r in best[n][keep]],
+                    best_scores[n][keep].tolist(),
+                    True,
+                )
+            )
+        return result
+
+    def _top_popular(
+        self, user_id: str, profile: UserProfile, order: np.ndarray, k: int
+    ) -> Recommendation:
+        hidden = set(self._hidden(profile))
+        ids, counts = self.items.ids, self.items.counts
+        chosen: list[str] = []
+        scores: list[float] = []
+        for row in order:
+            item_id = ids[row]
+            if item_id in hidden:
+                continue
+            chosen.append(item_id)
+            scores.append(float(counts[row]))
+            if len(chosen) == k:
+                break
+        return Recommendation(user_id, chosen, scores, False)
