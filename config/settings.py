@@ -8,6 +8,7 @@ names the variable, the value and what would be accepted.
 
 from __future__ import annotations
 
+import itertools
 from functools import cached_property
 from urllib.parse import urlsplit, urlunsplit
 
@@ -119,15 +120,29 @@ class Settings(BaseSettings):
         return value
 
     @model_validator(mode="after")
-    def _check_topics_differ(self) -> Settings:
-        topics = [
-            self.events_topic,
-            self.recommendations_topic,
-            self.dead_letter_topic,
-            self.item_updates_topic,
+    def _check_consistency(self) -> Settings:
+        topics = {
+            "EVENTS_TOPIC": self.events_topic,
+            "RECOMMENDATIONS_TOPIC": self.recommendations_topic,
+            "DEAD_LETTER_TOPIC": self.dead_letter_topic,
+            "ITEM_UPDATES_TOPIC": self.item_updates_topic,
+        }
+        if len(set(topics.values())) != len(topics):
+            named = ", ".join(f"{ENV_PREFIX}{k}={v}" for k, v in topics.items())
+            raise ValueError(f"topic names must differ, got {named}")
+        weights = [
+            ("WEIGHT_PURCHASE", self.weight_purchase),
+            ("WEIGHT_ADD_TO_CART", self.weight_add_to_cart),
+            ("WEIGHT_CLICK", self.weight_click),
+            ("WEIGHT_VIEW", self.weight_view),
         ]
-        if len(set(topics)) != len(topics):
-            raise ValueError(f"topic names must differ, got {topics}")
+        for (name, weight), (lower_name, lower) in itertools.pairwise(weights):
+            if weight < lower:
+                raise ValueError(
+                    f"{ENV_PREFIX}{lower_name}={lower} is above "
+                    f"{ENV_PREFIX}{name}={weight}; event weights must rank "
+                    "purchase >= add_to_cart >= click >= view"
+                )
         return self
 
     @cached_property
@@ -161,8 +176,14 @@ def load_settings(**overrides: object) -> Settings:
     except ValidationError as exc:
         lines = []
         for error in exc.errors():
+            if not error["loc"]:  # a check across several settings
+                lines.append(f"  {error['msg']}")
+                continue
             name = ENV_PREFIX + "_".join(str(p) for p in error["loc"]).upper()
-            lines.append(f"  {name}: {error['msg']} (got {error.get('input')!r})")
+            value = error.get("input")
+            if isinstance(value, str) and "URL" in name:
+                value = redact_url(value)
+            lines.append(f"  {name}: {error['msg']} (got {value!r})")
         raise ConfigError(
             "invalid streamrec settings:\n"
             + "\n".join(lines)

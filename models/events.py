@@ -79,7 +79,7 @@ def decode_event(
     except msgspec.ValidationError as exc:
         message = str(exc)
         reason = "unknown_event_type" if "$.event_type" in message else "schema"
-        if "length" in message and "$.event_type" not in message:
+        if "length <=" in message:
             reason = "id_too_long"
         raise InvalidEvent(reason, message) from exc
     except msgspec.DecodeError as exc:

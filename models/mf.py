@@ -4,8 +4,8 @@ The score of item ``i`` for shopper ``u`` is ``x_ui = p_u . q_i + b_i``. Each
 event is a positive; it is contrasted with ``n_negatives`` items drawn from the
 items seen so far, under a weighted BPR loss (Rendle et al. 2009)::
 
-    L = sum_j  -w_e * log(sigmoid(x_ui - x_uj))
-        + reg/2 * (|p_u|^2 + |q_i|^2 + |q_j|^2 + b_i^2 + b_j^2)
+    L = sum_j -w_e * log(sigmoid(x_ui - x_uj))
+        + reg/2 * (|p_u|^2 + |q_i|^2 + b_i^2 + sum_j (|q_j|^2 + b_j^2))
 
 where ``w_e`` is the weight of the event's type (a purchase says more than a
 view). A micro-batch of events is learned in one vectorised step: every
@@ -176,12 +176,12 @@ def bpr_loss(
         - negative_bias
     )
     data = float((weights[:, None] * np.logaddexp(0.0, -margin)).sum())
-    n_neg = negatives.shape[1]
+    # each event pays once for the parameters it touches, negatives included
     penalty = (
-        n_neg * (users**2).sum()
-        + n_neg * (positives**2).sum()
+        (users**2).sum()
+        + (positives**2).sum()
         + (negatives**2).sum()
-        + n_neg * (positive_bias**2).sum()
+        + (positive_bias**2).sum()
         + (negative_bias**2).sum()
     )
     return data + regularization / 2 * float(penalty)
