@@ -34,8 +34,6 @@ from importlib import metadata
 from pathlib import Path
 from typing import IO
 
-import numpy as np
-
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SERVICES_HINT = (
     "run scripts/services.sh start, and point STREAMREC_KAFKA_BOOTSTRAP / "
@@ -383,8 +381,10 @@ def histogram_quantile(q: float, buckets: list[tuple[float, float]]) -> float:
     return lower
 
 
-def summary(values: Sequence[float] | np.ndarray) -> dict[str, float]:
+def summary(values: Sequence[float]) -> dict[str, float]:
     """count, mean, p50, p90, p99 and max of ``values`` (nan when empty)."""
+    import numpy as np  # not at the top: the bare agent should not load it
+
     array = np.asarray(values, dtype=np.float64)
     if not array.size:
         return {k: math.nan for k in ("count", "mean", "p50", "p90", "p99", "max")}

@@ -150,6 +150,7 @@ class Run:
                 "PYTHONUNBUFFERED": "1",
             }
         )
+        env.update(args.worker_env)
         return env
 
     def start_worker(self, names: PhaseNames, phase: str) -> tuple[WorkerProcess, str]:
@@ -740,6 +741,9 @@ def render(result: dict[str, Any]) -> str:
         f"within {config['batch_within_s']} s",
         f"{'figure':<46}{'value':>16}  target",
     ]
+    if config["worker_env"]:
+        extra = " ".join(f"{k}={v}" for k, v in config["worker_env"].items())
+        lines.insert(1, f"worker environment adds: {extra}")
 
     def row(name: str, value: str, target: str = "") -> None:
         lines.append(f"{name:<46}{value:>16}  {target}".rstrip())
@@ -881,6 +885,7 @@ async def run_benchmark(args: argparse.Namespace, settings: Settings) -> dict:
             "rate": args.rate,
             "seconds": args.seconds,
             "warmup_s": args.warmup,
+            "worker_env": args.worker_env,
         },
         "targets": {
             "events_per_s": TARGET_EVENTS_PER_S,
@@ -955,6 +960,14 @@ def _parser() -> argparse.ArgumentParser:
     add("--timeout", type=float, default=900.0, help="s for a worker to consume all")
     add("--settle", type=float, default=2.0, help="s before the final metrics")
     add("--worker-loglevel", default="info", choices=["debug", "info", "warning"])
+    add(
+        "--worker-env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="extra environment of the streamrec workers (repeatable), e.g. "
+        "OPENBLAS_NUM_THREADS=1",
+    )
     add("--workdir", help="folder for logs and worker state (default: a temp one)")
     add("--json-out", help="also write the JSON result to this file")
     add("--keep", action="store_true", help="keep this run's topics and Redis keys")
@@ -968,6 +981,11 @@ def _on_sigterm(signum: int, frame: object) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
+    pairs = [item.partition("=") for item in args.worker_env]
+    if any(not name or not sep for name, sep, _ in pairs):
+        print("error: --worker-env takes NAME=VALUE", file=sys.stderr)
+        return 2
+    args.worker_env = {name: value for name, _, value in pairs}
     if args.events < 1 or args.rate <= 0 or args.seconds <= 0 or args.warmup < 0:
         print("error: --events, --rate and --seconds must be positive", file=sys.stderr)
         return 2

@@ -35,9 +35,6 @@ class Settings(BaseSettings):
     app_id: str = Field(
         "streamrec", description="Faust app id: consumer group and table prefix"
     )
-    store: str = Field(
-        "memory://", description="Faust table store (memory:// or rocksdb://)"
-    )
     data_dir: str = Field(".run/worker", description="Folder for the worker's state")
     web_port: int = Field(6066, ge=1, le=65535, description="Port of /metrics")
 

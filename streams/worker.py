@@ -143,7 +143,9 @@ class StreamrecWorker:
         return faust.App(
             s.app_id,
             broker=[f"kafka://{server}" for server in s.kafka_bootstrap.split(",")],
-            store=s.store,
+            # memory stores, rebuilt from the changelogs at start; see
+            # docs/ARCHITECTURE.md, "Known limits", for why not RocksDB
+            store="memory://",
             datadir=s.data_dir,
             autodiscover=False,
             topic_partitions=s.partitions,
@@ -272,9 +274,7 @@ class StreamrecWorker:
         raw_key = key.encode()
         table.data[raw_key] = value
         topic = table.changelog_topic.get_topic_name()
-        self.sink.add(
-            topic, partition_of(raw_key, self.settings.partitions), raw_key, value
-        )
+        sink.add(topic, partition_of(raw_key, self.settings.partitions), raw_key, value)
 
     def _decode(
         self, batch: Sequence[EventT]

@@ -206,7 +206,10 @@ class WorkerProcess:
             return r.read().decode()
 
     def wait_for(
-        self, condition: Callable[[], bool], timeout: float, what: str
+        self,
+        condition: Callable[[], bool],
+        timeout: float,
+        what: str | Callable[[], str],
     ) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -221,15 +224,21 @@ class WorkerProcess:
                 pass  # the web server is not up yet
             time.sleep(0.2)
         tail = self.log()[-4000:]
+        what = what() if callable(what) else what
         raise AssertionError(
             f"worker {self.name}: not {what} after {timeout} s:\n{tail}"
         )
 
 
 def consume_all(
-    bootstrap: str, topic: str, expected: int, timeout: float = 60.0
+    bootstrap: str,
+    topic: str,
+    expected: int | None = None,
+    timeout: float = 60.0,
+    partitions: int = 8,
 ) -> list:
-    """Read a topic from the start until ``expected`` records or the timeout."""
+    """Read a topic from the start: until ``expected`` records, or (None) until
+    the end offsets it had when reading began; at most ``timeout`` seconds."""
 
     async def run() -> list:
         consumer = AIOKafkaConsumer(
@@ -244,16 +253,21 @@ def consume_all(
                 if time.monotonic() > deadline:
                     return []
                 await asyncio.sleep(0.2)
-            partitions = [
-                TopicPartition(topic, p)
-                for p in sorted(consumer.partitions_for_topic(topic) or [])
-            ]
-            if not partitions:
-                partitions = [TopicPartition(topic, p) for p in range(8)]
-            consumer.assign(partitions)
-            await consumer.seek_to_beginning(*partitions)
+            assigned = [TopicPartition(topic, p) for p in range(partitions)]
+            consumer.assign(assigned)
+            await consumer.seek_to_beginning(*assigned)
+            end = await consumer.end_offsets(assigned)
             records: list = []
-            while len(records) < expected and time.monotonic() < deadline:
+
+            async def done() -> bool:
+                if expected is not None:
+                    return len(records) >= expected
+                for partition in assigned:
+                    if await consumer.position(partition) < end[partition]:
+                        return False
+                return True
+
+            while not await done() and time.monotonic() < deadline:
                 batch = await consumer.getmany(timeout_ms=500)
                 for part in batch.values():
                     records.extend(part)

@@ -121,8 +121,13 @@ def test_two_workers_share_the_partitions_and_both_serve_lists(
     )
     assert sum(consumed) - duplicates == len(events)
     first.wait_for(lambda: len(namespace.list_keys()) == len(users), 30, "all listed")
-    # items learned by one worker reach the other's replica
+    # every item, whichever worker owns it, reaches both workers' replicas
+    items = len({e.item_id for e in events})
     for worker in (first, second):
-        assert worker.metrics()["streamrec_items_known"] >= 0.9 * len(
-            {e.item_id for e in events}
+        worker.wait_for(
+            lambda w=worker: w.metrics()["streamrec_items_known"] == items,
+            30,
+            lambda w=worker: (
+                f"all {items} items known ({w.metrics()['streamrec_items_known']})"
+            ),
         )
