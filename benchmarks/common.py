@@ -104,6 +104,28 @@ async def list_topics(bootstrap: str) -> list[str]:
         await admin.close()
 
 
+async def create_topic(
+    bootstrap: str, name: str, partitions: int, configs: Mapping[str, str]
+) -> None:
+    """Create a topic with topic-level configs (one replica per broker, at most 3)."""
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=bootstrap,
+        client_id="streamrec-bench",
+        request_timeout_ms=10_000,
+    )
+    await admin.start()
+    try:
+        brokers = (await admin.describe_cluster())["brokers"]
+        replicas = max(1, min(3, len(brokers)))
+        await admin.create_topics(
+            [NewTopic(name, partitions, replicas, topic_configs=dict(configs))]
+        )
+    finally:
+        await admin.close()
+
+
 async def delete_topics(bootstrap: str, prefix: str) -> list[str]:
     """Delete every topic whose name starts with ``prefix``; return their names."""
     from aiokafka.admin import AIOKafkaAdminClient

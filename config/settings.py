@@ -69,7 +69,13 @@ class Settings(BaseSettings):
     learning_rate: float = Field(0.05, gt=0, le=10, description="SGD step size")
     regularization: float = Field(0.01, ge=0, le=10, description="L2 penalty")
     n_negatives: int = Field(4, ge=0, le=100, description="Sampled negatives/event")
+    negative_pool: int = Field(
+        128, ge=1, le=100_000, description="Negatives drawn per batch, shared"
+    )
     grad_clip: float = Field(1.0, gt=0, description="Max norm of one gradient")
+    batch_clip: float = Field(
+        4.0, gt=0, description="Max norm of an item's summed step, in grad_clips"
+    )
     init_scale: float = Field(0.1, gt=0, le=1, description="Std of new factors")
     weight_view: float = Field(1.0, ge=0, description="Weight of a view")
     weight_click: float = Field(1.5, ge=0, description="Weight of a click")

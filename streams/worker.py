@@ -24,6 +24,7 @@ import asyncio
 import logging
 import os
 import time
+from collections import Counter
 from collections.abc import Sequence
 from typing import NoReturn
 
@@ -68,7 +69,9 @@ def mf_config(settings: Settings) -> MFConfig:
         learning_rate=settings.learning_rate,
         regularization=settings.regularization,
         n_negatives=settings.n_negatives,
+        negative_pool=settings.negative_pool,
         grad_clip=settings.grad_clip,
+        batch_clip=settings.batch_clip,
         init_scale=settings.init_scale,
         event_weights=settings.event_weights,
         seed=settings.seed,
@@ -296,7 +299,8 @@ class StreamrecWorker:
                 continue
             events.append(event)
             causes[event.user_id] = (event, record.message.timestamp)
-            self.metrics.events_consumed.labels(event.event_type).inc()
+        for event_type, count in Counter(e.event_type for e in events).items():
+            self.metrics.events_consumed.labels(event_type).inc(count)
         return events, causes
 
     def _dead_letter(self, record: EventT, error: InvalidEvent) -> None:
