@@ -638,10 +638,12 @@ async def measure_freshness(run: Run) -> dict[str, Any]:
         began = time.time()
 
         cpu = CpuWindow(worker.pid)
+        own_cpu = CpuWindow(os.getpid())
 
         async def snapshot() -> Metrics:
             await asyncio.sleep(args.warmup)
             cpu.start()
+            own_cpu.start()
             return await scrape(url)
 
         warm = asyncio.create_task(snapshot())
@@ -655,6 +657,7 @@ async def measure_freshness(run: Run) -> dict[str, Any]:
             retime=True,
         )
         cpu.stop()
+        own_cpu.stop()
         worker.check_alive()
         drain_s = await wait_for(
             lambda: not collector.pending or pumping.done(),
@@ -706,6 +709,7 @@ async def measure_freshness(run: Run) -> dict[str, Any]:
         "max_gap_s": max_gap(published_at[kept]),
         "pauses": long_pauses(published_at[kept], began),
         "cpu": cpu.figures,
+        "benchmark_cpu_percent": own_cpu.figures.get("process_cpu_percent"),
         "worker_histogram": {
             "count": observed,
             "mean": sum_s / observed if observed else float("nan"),
@@ -811,6 +815,7 @@ def render(result: dict[str, Any]) -> str:
         row("  longest pause between list writes (s)", f"{fr['max_gap_s']:.2f}")
         row("  pauses over 0.5 s: count / total (s)", _pauses(fr["pauses"]))
         row("  CPU: worker / whole machine", _cpu(fr["cpu"]))
+        row("  CPU: this benchmark (producer + reader)", _percent(fr))
         hist = fr["worker_histogram"]
         row(
             "  worker histogram p50 / p99 (s)",
@@ -851,6 +856,11 @@ def _cpu(cpu: dict[str, float]) -> str:
         f"{cpu['process_cpu_percent']:.0f}% (main thread "
         f"{cpu['main_thread_cpu_percent']:.0f}%) / {cpu['machine_busy_percent']:.0f}%"
     )
+
+
+def _percent(figures: dict[str, Any]) -> str:
+    value = figures.get("benchmark_cpu_percent")
+    return "n/a" if value is None else f"{value:.0f}%"
 
 
 def _rate(figures: dict[str, Any]) -> str:

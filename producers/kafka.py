@@ -48,7 +48,7 @@ LINGER_MS = 5
 # Events pulled from the source per round when unpaced.
 CHUNK_EVENTS = 4096
 # Paced runs wake up about this often; a chunk is one tick's worth of events.
-TICKS_PER_SECOND = 100
+TICKS_PER_SECOND = 20
 # A paced run this far behind its schedule restarts it instead of bursting.
 MAX_LAG_S = 1.0
 

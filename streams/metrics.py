@@ -71,6 +71,12 @@ class WorkerMetrics:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
+        self.publish_seconds = Histogram(
+            "streamrec_publish_seconds",
+            "Time to write one micro-batch's lists to Redis and flush its Kafka output",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
         self.freshness_seconds = Histogram(
             "streamrec_freshness_seconds",
             "From the causing event reaching Kafka to its list written to Redis",

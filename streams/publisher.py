@@ -70,6 +70,14 @@ class ListPublisher:
         self.ttl_s = ttl_s
         self.metrics = metrics
 
+    async def connect(self) -> None:
+        """Open the Redis connection early; a failure here is only logged."""
+        try:
+            await self.redis.ping()
+        except (RedisError, OSError) as exc:
+            self.metrics.redis_errors.inc()
+            log.warning("redis not reachable yet: error=%s", type(exc).__name__)
+
     async def publish(self, lists: list[PublishedList]) -> bool:
         """Write every list to Redis and queue it on the sink's topic.
 

@@ -220,6 +220,9 @@ class StreamrecWorker:
     # --- learning -----------------------------------------------------------
 
     async def _learn(self, stream: StreamT) -> None:
+        # connect before the first batch, so that it pays no set-up time
+        await self.sink.start()
+        await self.publisher.connect()
         await self._wait_for_replica()
         async for batch in stream.take_events(
             self.settings.batch_max, within=self.settings.batch_within_s
@@ -260,10 +263,13 @@ class StreamrecWorker:
             [profiles[u] for u in result.users], result.users, self.settings.top_k
         )
         self.metrics.topk_seconds.observe(time.perf_counter() - started)
+
+        started = time.perf_counter()
         await self.publisher.publish(
             [self._published(rec, causes[rec.user_id]) for rec in lists]
         )
         await self.sink.flush()
+        self.metrics.publish_seconds.observe(time.perf_counter() - started)
 
     def _store(
         self, table: faust.Table, key: str, value: bytes, sink: KafkaSink
@@ -373,6 +379,7 @@ class StreamrecWorker:
     # --- item ownership -----------------------------------------------------
 
     async def _own_items(self, stream: StreamT) -> None:
+        await self.owner_sink.start()
         async for batch in stream.take_events(500, within=0.02):
             try:
                 self.apply_item_updates([record.value for record in batch])
