@@ -590,6 +590,7 @@ def machine_notes() -> dict[str, object]:
         except metadata.PackageNotFoundError:
             versions[package] = "missing"
     return {
+        "git": _git_state(),
         "cpu": cpu,
         "cpus_usable": len(os.sched_getaffinity(0)),
         "memory_gib": memory_gib,
@@ -598,6 +599,28 @@ def machine_notes() -> dict[str, object]:
         "platform": platform.platform(),
         "versions": versions,
     }
+
+
+def _git_state() -> dict[str, object]:
+    """The checkout's commit and how many files differ from it (read-only)."""
+
+    def git(*args: str) -> str:
+        done = subprocess.run(
+            ["git", *args],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
+        return done.stdout.strip() if done.returncode == 0 else ""
+
+    try:
+        commit = git("rev-parse", "--short", "HEAD")
+        changed = [line for line in git("status", "--porcelain").splitlines() if line]
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": "unknown", "changed_files": None}
+    return {"commit": commit or "unknown", "changed_files": len(changed)}
 
 
 # --- the bare Faust agent -------------------------------------------------------------

@@ -366,6 +366,8 @@ def worker_counters(metrics: Metrics) -> dict[str, float]:
         "items_known": metrics.total("streamrec_items_known"),
         "learn_seconds": metrics.total("streamrec_update_seconds_sum"),
         "topk_seconds": metrics.total("streamrec_topk_seconds_sum"),
+        # Redis write plus Kafka flush per batch; absent from older workers
+        "publish_seconds": metrics.total("streamrec_publish_seconds_sum"),
     }
 
 
@@ -583,6 +585,7 @@ async def run_streamrec_throughput(
         "redis_keys": keys,
         "learn_share": counters["learn_seconds"] / span if span > 0 else None,
         "topk_share": counters["topk_seconds"] / span if span > 0 else None,
+        "publish_share": counters["publish_seconds"] / span if span > 0 else None,
         "counters": counters,
         "worker": stopped,
     }
@@ -718,8 +721,32 @@ async def measure_freshness(run: Run) -> dict[str, Any]:
             "buckets": histogram,
         },
         "counters": worker_counters(final),
+        "per_batch_ms": per_batch_ms(final, at_warmup),
         "worker": stopped,
     }
+
+
+def per_batch_ms(final: Metrics, before: Metrics) -> dict[str, float]:
+    """Mean milliseconds per micro-batch of learning, top-K and publishing
+    between two scrapes, and the mean batch size."""
+    batches = final.total("streamrec_batch_size_events_count") - before.total(
+        "streamrec_batch_size_events_count"
+    )
+    if batches <= 0:
+        return {}
+    figures = {
+        "batches": batches,
+        "mean_batch": (
+            final.total("streamrec_batch_size_events_sum")
+            - before.total("streamrec_batch_size_events_sum")
+        )
+        / batches,
+    }
+    for part in ("update", "topk", "publish"):
+        name = f"streamrec_{part}_seconds_sum"
+        spent = final.total(name) - before.total(name)
+        figures[part] = 1000 * spent / batches
+    return figures
 
 
 def per_second(offsets: np.ndarray, freshness: np.ndarray) -> list[list[float]]:
@@ -757,6 +784,13 @@ def render(result: dict[str, Any]) -> str:
         f"within {config['batch_within_s']} s",
         f"{'figure':<46}{'value':>16}  target",
     ]
+    git = result["machine"].get("git") or {}
+    machine = result["machine"]
+    lines.insert(
+        1,
+        f"code {git.get('commit')} ({git.get('changed_files')} files changed), "
+        f"{machine['cpus_usable']} CPUs, load {machine['load_average'][0]} at start",
+    )
     if config["worker_env"]:
         extra = " ".join(f"{k}={v}" for k, v in config["worker_env"].items())
         lines.insert(1, f"worker environment adds: {extra}")
@@ -782,7 +816,7 @@ def render(result: dict[str, Any]) -> str:
         row("  mean micro-batch (events)", f"{sr['counters']['mean_batch']:.0f}")
         if sr["missing_last_lists"]:
             row("  shoppers without their last list", f"{sr['missing_last_lists']:,}")
-        row("  share of time learning / top-K", _shares(sr))
+        row("  share of time learning / top-K / publishing", _shares(sr))
         if "baseline" in tp:
             row("bare Faust agent, same topic (events/s)", _rate(tp["baseline"]))
             row("  streamrec / bare agent", f"{tp['ratio_to_baseline']:.2f}")
@@ -816,6 +850,7 @@ def render(result: dict[str, Any]) -> str:
         row("  pauses over 0.5 s: count / total (s)", _pauses(fr["pauses"]))
         row("  CPU: worker / whole machine", _cpu(fr["cpu"]))
         row("  CPU: this benchmark (producer + reader)", _percent(fr))
+        row("  per batch: events; learn/top-K/publish ms", _per_batch(fr))
         hist = fr["worker_histogram"]
         row(
             "  worker histogram p50 / p99 (s)",
@@ -858,6 +893,16 @@ def _cpu(cpu: dict[str, float]) -> str:
     )
 
 
+def _per_batch(figures: dict[str, Any]) -> str:
+    batch = figures.get("per_batch_ms") or {}
+    if not batch:
+        return "n/a"
+    return (
+        f"{batch['mean_batch']:.0f}; {batch['update']:.1f}/{batch['topk']:.1f}/"
+        f"{batch['publish']:.1f}"
+    )
+
+
 def _percent(figures: dict[str, Any]) -> str:
     value = figures.get("benchmark_cpu_percent")
     return "n/a" if value is None else f"{value:.0f}%"
@@ -868,10 +913,10 @@ def _rate(figures: dict[str, Any]) -> str:
 
 
 def _shares(figures: dict[str, Any]) -> str:
-    learn, topk = figures.get("learn_share"), figures.get("topk_share")
-    if learn is None or topk is None:
+    shares = [figures.get(f"{part}_share") for part in ("learn", "topk", "publish")]
+    if None in shares:
         return "n/a"
-    return f"{learn:.0%} / {topk:.0%}"
+    return " / ".join(f"{share:.0%}" for share in shares)
 
 
 # --- main ---------------------------------------------------------------------------

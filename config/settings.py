@@ -37,6 +37,9 @@ class Settings(BaseSettings):
     )
     data_dir: str = Field(".run/worker", description="Folder for the worker's state")
     web_port: int = Field(6066, ge=1, le=65535, description="Port of /metrics")
+    web_bind: str = Field(
+        "127.0.0.1", description="Address /metrics listens on (0.0.0.0 in containers)"
+    )
 
     # --- topics -------------------------------------------------------------
     events_topic: str = Field("events", description="Input topic of shop events")
@@ -93,7 +96,7 @@ class Settings(BaseSettings):
         300, ge=0, description="How far ahead of the clock a timestamp may be"
     )
     dedup_window_s: int = Field(
-        3600, ge=0, description="How long an event_id is remembered per shopper"
+        600, ge=0, description="How long an event_id is remembered per shopper"
     )
     recent_items: int = Field(
         20, ge=1, le=1000, description="Last items kept per shopper"

@@ -59,7 +59,7 @@ class MFConfig:
     min_history: int = 3
     exclude_viewed: bool = False
     recent_items: int = 20
-    dedup_window_ms: int = 3_600_000
+    dedup_window_ms: int = 600_000
 
     def __post_init__(self) -> None:
         weights = self.event_weights

@@ -18,7 +18,7 @@ from models.items import FLOAT, initial_factors
 # A shopper's remembered items are capped so that a bot or a very long-lived
 # shopper cannot grow a record without bound; the oldest are forgotten first.
 MAX_ITEMS = 1000
-MAX_EVENT_IDS = 2000
+MAX_EVENT_IDS = 512
 
 
 class UserProfile(msgspec.Struct):

@@ -78,6 +78,9 @@ class ListPublisher:
             self.metrics.redis_errors.inc()
             log.warning("redis not reachable yet: error=%s", type(exc).__name__)
 
+    async def close(self) -> None:
+        await self.redis.aclose()
+
     async def publish(self, lists: list[PublishedList]) -> bool:
         """Write every list to Redis and queue it on the sink's topic.
 

@@ -29,37 +29,23 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 import faust
-import msgspec
-import numpy as np
 import redis.asyncio as aioredis
 from faust.types import EventT, StreamT
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from config.settings import Settings
 from models.events import Event, InvalidEvent, decode_event
-from models.items import FLOAT, decode_item, encode_item, initial_factors
-from models.mf import ItemUpdate, MFConfig, OnlineMF, Recommendation
+from models.items import decode_item, encode_item, initial_factors
+from models.mf import MFConfig, OnlineMF, Recommendation
 from models.profiles import UserProfile, decode_profile, encode_profile
 from producers.kafka import ensure_topic
 from streams.metrics import WorkerMetrics
+from streams.owner import ItemState, apply_updates, split_by_owner
 from streams.publisher import ListPublisher, PublishedList
 from streams.replica import ItemReplica
 from streams.sink import KafkaSink, partition_of
 
 log = logging.getLogger(__name__)
-
-
-class ItemUpdateMessage(msgspec.Struct, array_like=True):
-    """Summed gradients of one learner batch for the items of one partition."""
-
-    item_ids: list[str]
-    vector_grads: bytes  # float32 (n, n_factors)
-    bias_grads: bytes  # float32 (n,)
-    counts: bytes  # float32 (n,)
-
-
-_update_encoder = msgspec.msgpack.Encoder()
-_update_decoder = msgspec.msgpack.Decoder(ItemUpdateMessage)
 
 
 def mf_config(settings: Settings) -> MFConfig:
@@ -159,7 +145,7 @@ class StreamrecWorker:
             producer_linger=0.005,
             stream_buffer_maxsize=max(4096, 2 * s.batch_max),
             web_enabled=True,
-            web_bind="127.0.0.1",
+            web_bind=s.web_bind,
             web_host="127.0.0.1",
             web_port=s.web_port,
         )
@@ -224,13 +210,17 @@ class StreamrecWorker:
         await self.sink.start()
         await self.publisher.connect()
         await self._wait_for_replica()
-        async for batch in stream.take_events(
-            self.settings.batch_max, within=self.settings.batch_within_s
-        ):
-            try:
-                await self.process(batch)
-            except Exception:
-                die("learning a batch failed")
+        try:
+            async for batch in stream.take_events(
+                self.settings.batch_max, within=self.settings.batch_within_s
+            ):
+                try:
+                    await self.process(batch)
+                except Exception:
+                    die("learning a batch failed")
+        finally:
+            await self.sink.stop()
+            await self.publisher.close()
 
     async def _wait_for_replica(self) -> None:
         # Scoring against an empty replica after a restart would publish
@@ -252,7 +242,10 @@ class StreamrecWorker:
         for user_id in result.users:
             value = encode_profile(profiles[user_id])
             self._store(self.users_table, user_id, value, self.sink)
-        self._route_item_update(result.item_update)
+        for partition, message in split_by_owner(
+            result.item_update, self.settings.partitions
+        ):
+            self.sink.add(self.settings.item_updates_topic, partition, None, message)
         self.metrics.update_seconds.observe(time.perf_counter() - started)
         self.metrics.events_duplicate.inc(result.duplicates)
         self.metrics.nonfinite.labels("user").inc(self._take_nonfinite_users())
@@ -339,28 +332,6 @@ class StreamrecWorker:
         count, self.model.nonfinite_users = self.model.nonfinite_users, 0
         return count
 
-    def _route_item_update(self, update: ItemUpdate) -> None:
-        if not len(update):
-            return
-        n = self.settings.partitions
-        owners = np.fromiter(
-            (partition_of(i.encode(), n) for i in update.item_ids), np.int64
-        )
-        for partition in np.unique(owners):
-            rows = np.flatnonzero(owners == partition)
-            message = ItemUpdateMessage(
-                [update.item_ids[r] for r in rows],
-                update.vector_grads[rows].tobytes(),
-                update.bias_grads[rows].tobytes(),
-                update.counts[rows].astype(FLOAT).tobytes(),
-            )
-            self.sink.add(
-                self.settings.item_updates_topic,
-                int(partition),
-                None,
-                _update_encoder.encode(message),
-            )
-
     def _published(
         self, rec: Recommendation, cause: tuple[Event, float]
     ) -> PublishedList:
@@ -380,50 +351,29 @@ class StreamrecWorker:
 
     async def _own_items(self, stream: StreamT) -> None:
         await self.owner_sink.start()
-        async for batch in stream.take_events(500, within=0.02):
-            try:
-                self.apply_item_updates([record.value for record in batch])
-                await self.owner_sink.flush()
-            except Exception:
-                die("applying item updates failed")
+        try:
+            async for batch in stream.take_events(500, within=0.02):
+                try:
+                    self.apply_item_updates([record.value for record in batch])
+                    await self.owner_sink.flush()
+                except Exception:
+                    die("applying item updates failed")
+        finally:
+            await self.owner_sink.stop()
 
     def apply_item_updates(self, payloads: list[bytes]) -> None:
-        """Apply learner batches' gradients to the items this worker owns.
-
-        Each message is one learner batch and gets its own step, in order, as
-        in the in-process replay; each item is written once at the end.
-        """
-        k = self.settings.n_factors
-        current: dict[str, tuple[np.ndarray, float, float]] = {}
-        for payload in payloads:
-            message = _update_decoder.decode(payload)
-            update = ItemUpdate(
-                message.item_ids,
-                np.frombuffer(message.vector_grads, FLOAT).reshape(-1, k),
-                np.frombuffer(message.bias_grads, FLOAT),
-                np.frombuffer(message.counts, FLOAT),
-            )
-            vector_steps, bias_steps = self.model.item_steps(update)
-            for n, item_id in enumerate(update.item_ids):
-                vector, bias, count = current.get(item_id) or self._owned_item(item_id)
-                new_vector = vector + vector_steps[n]
-                new_bias = bias + float(bias_steps[n])
-                if not (np.isfinite(new_vector).all() and np.isfinite(new_bias)):
-                    self.metrics.nonfinite.labels("item").inc()
-                    new_vector, new_bias = vector, bias
-                current[item_id] = (
-                    new_vector,
-                    new_bias,
-                    count + float(update.counts[n]),
-                )
-        for item_id, (vector, bias, count) in current.items():
+        """Apply ``item-updates`` messages to the items this worker owns."""
+        items, refused = apply_updates(self.model, payloads, self._owned_item)
+        for item_id, (vector, bias, count) in items.items():
             value = encode_item(vector, bias, count)
             self._store(self.items_table, item_id, value, self.owner_sink)
-        self.metrics.item_updates.inc(len(current))
+        self.metrics.item_updates.inc(len(items))
+        self.metrics.nonfinite.labels("item").inc(refused)
 
-    def _owned_item(self, item_id: str) -> tuple[np.ndarray, float, float]:
+    def _owned_item(self, item_id: str) -> ItemState:
         payload = self.items_table.get(item_id.encode())
         if payload is None:
             s = self.settings
-            return initial_factors(item_id, s.n_factors, s.init_scale, s.seed), 0.0, 0.0
+            vector = initial_factors(item_id, s.n_factors, s.init_scale, s.seed)
+            return vector, 0.0, 0.0
         return decode_item(payload, self.settings.n_factors, item_id)

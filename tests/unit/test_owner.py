@@ -1,0 +1,76 @@
+"""Routing item gradients to owners gives the same factors as in-process."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from models.events import Event
+from models.items import initial_factors
+from models.mf import MFConfig, OnlineMF
+from streams.owner import apply_updates, decode_update, split_by_owner
+from streams.sink import partition_of
+
+
+def learned_update(model: OnlineMF, profiles: dict) -> object:
+    events = [
+        Event(f"e{n}", f"u{n % 7}", f"i{n % 23}", "purchase" if n % 5 else "view", n)
+        for n in range(120)
+    ]
+    return model.learn_batch(events, profiles).item_update
+
+
+def test_each_item_goes_to_the_partition_its_id_hashes_to() -> None:
+    model = OnlineMF(MFConfig(n_factors=4, seed=1))
+    update = learned_update(model, {})
+
+    routed = list(split_by_owner(update, 8))
+
+    seen = []
+    for partition, payload in routed:
+        part = decode_update(payload, 4)
+        for item_id in part.item_ids:
+            assert partition_of(item_id.encode(), 8) == partition
+        seen += part.item_ids
+    assert sorted(seen) == sorted(update.item_ids)
+    assert len({p for p, _ in routed}) == len(routed)
+
+
+def test_owners_reach_the_factors_the_in_process_model_reaches() -> None:
+    config = MFConfig(n_factors=4, seed=3)
+    in_process = OnlineMF(config)
+    learner = OnlineMF(config)
+    owned: dict[str, tuple[np.ndarray, float, float]] = {}
+
+    def load(item_id: str) -> tuple[np.ndarray, float, float]:
+        if item_id in owned:
+            return owned[item_id]
+        return initial_factors(item_id, 4, config.init_scale, config.seed), 0.0, 0.0
+
+    for _ in range(3):
+        update = learned_update(in_process, {})
+        in_process.apply_item_update(update)
+        payloads = [payload for _, payload in split_by_owner(update, 8)]
+        new_states, refused = apply_updates(learner, payloads, load)
+        owned.update(new_states)
+        assert refused == 0
+
+    for item_id, (vector, bias, count) in owned.items():
+        row = in_process.items.index[item_id]
+        np.testing.assert_allclose(vector, in_process.items.vectors[row], rtol=1e-5)
+        assert np.isclose(bias, in_process.items.biases[row], rtol=1e-5)
+        assert count == in_process.items.counts[row]
+
+
+def test_a_non_finite_step_is_refused_and_counted() -> None:
+    config = MFConfig(n_factors=4, seed=3)
+    model = OnlineMF(config)
+    update = learned_update(model, {})
+    update.vector_grads[0, 0] = np.nan
+    payloads = [payload for _, payload in split_by_owner(update, 1)]
+
+    states, refused = apply_updates(
+        model, payloads, lambda i: (np.zeros(4, np.float32), 0.0, 0.0)
+    )
+
+    assert refused == 1
+    assert all(np.isfinite(v).all() for v, _, _ in states.values())
