@@ -36,6 +36,7 @@ import signal
 import sys
 import tempfile
 import time
+import traceback
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -563,6 +564,10 @@ async def run_streamrec_throughput(
     finally:
         await reader.stop()
         stopped = stop_worker(worker)
+    if not collector.lists:
+        raise BenchmarkError(
+            f"no list came back on {names.recommendations}; see {worker.log_path}"
+        )
     published = np.asarray(collector.published_at)
     first, last = float(published.min()), float(published.max())
     span = last - first
@@ -971,6 +976,10 @@ async def run_benchmark(args: argparse.Namespace, settings: Settings) -> dict:
             except BenchmarkError as exc:
                 note(f"{phase} failed: {exc}")
                 result["errors"][phase] = str(exc)
+            except Exception as exc:  # keep the other phase's figures
+                traceback.print_exc()
+                note(f"{phase} failed: {type(exc).__name__}: {exc}")
+                result["errors"][phase] = f"{type(exc).__name__}: {exc}"
     finally:
         stop_all_workers()
         if not args.keep:

@@ -91,6 +91,9 @@ class Settings(BaseSettings):
     batch_within_s: float = Field(
         0.05, gt=0, le=10, description="Max wait to fill a batch"
     )
+    fetch_max_wait_ms: int = Field(
+        20, ge=1, le=1500, description="Longest the broker may hold a fetch"
+    )
     max_id_length: int = Field(128, ge=1, le=1024, description="Longest accepted id")
     max_future_s: int = Field(
         300, ge=0, description="How far ahead of the clock a timestamp may be"

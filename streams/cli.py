@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -104,6 +105,10 @@ def _add_format(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_worker(settings: Settings, args: argparse.Namespace) -> int:
+    # One BLAS thread: a worker is one event loop, and a second BLAS thread
+    # only competes with Kafka and Redis for the cores (set before numpy loads).
+    for name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(name, "1")
     import faust
 
     from streams.worker import StreamrecWorker

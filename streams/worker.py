@@ -68,6 +68,36 @@ def mf_config(settings: Settings) -> MFConfig:
     )
 
 
+# How long the item owner gathers update messages before applying them.
+OWNER_WINDOW_S = 0.1
+
+
+def _limit_fetch_wait(wait_ms: int) -> None:
+    """Cap how long the broker may hold a fetch of Faust's consumer.
+
+    faust-streaming hard-codes ``fetch_max_wait_ms=1500`` for the consumer it
+    runs in its own thread. When one fetch covers only partitions with no new
+    data (``item-updates`` between two batches, say), events that arrive
+    meanwhile wait for the next fetch, and lists trailed their events by up to
+    1.5 s at 2,000 events/s (docs/BENCHMARKS-pipeline.md). The attribute is
+    the one aiokafka reads when the consumer starts.
+    """
+    from faust.transport.drivers import aiokafka as faust_driver
+
+    thread_class = faust_driver.AIOKafkaConsumerThread
+    original = getattr(thread_class, "_streamrec_original", None)
+    if original is None:
+        original = thread_class._create_worker_consumer
+        thread_class._streamrec_original = original  # type: ignore[attr-defined]
+
+    def create(self, transport):  # type: ignore[no-untyped-def]
+        consumer = original(self, transport)
+        consumer._fetch_max_wait_ms = wait_ms
+        return consumer
+
+    thread_class._create_worker_consumer = create  # type: ignore[method-assign]
+
+
 def die(reason: str) -> NoReturn:
     """Exit at once, without committing the offsets of the failed batch.
 
@@ -129,6 +159,7 @@ class StreamrecWorker:
 
     def _make_app(self) -> faust.App:
         s = self.settings
+        _limit_fetch_wait(s.fetch_max_wait_ms)
         return faust.App(
             s.app_id,
             broker=[f"kafka://{server}" for server in s.kafka_bootstrap.split(",")],
@@ -352,7 +383,9 @@ class StreamrecWorker:
     async def _own_items(self, stream: StreamT) -> None:
         await self.owner_sink.start()
         try:
-            async for batch in stream.take_events(500, within=0.02):
+            # A longer window than the learner's: an item touched by several
+            # learner batches within it is written (and replicated) once.
+            async for batch in stream.take_events(1000, within=OWNER_WINDOW_S):
                 try:
                     self.apply_item_updates([record.value for record in batch])
                     await self.owner_sink.flush()
