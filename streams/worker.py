@@ -79,7 +79,7 @@ def _limit_fetch_wait(wait_ms: int) -> None:
     runs in its own thread. When one fetch covers only partitions with no new
     data (``item-updates`` between two batches, say), events that arrive
     meanwhile wait for the next fetch, and lists trailed their events by up to
-    1.5 s at 2,000 events/s (docs/BENCHMARKS-pipeline.md). The attribute is
+    1.5 s at 2,000 events/s (docs/BENCHMARKS.md). The attribute is
     the one aiokafka reads when the consumer starts.
     """
     from faust.transport.drivers import aiokafka as faust_driver
