@@ -97,7 +97,6 @@ class BatchResult:
     duplicates: int
     users: list[str]
     item_update: ItemUpdate
-    nonfinite: int = 0
 
 
 @dataclass
@@ -471,10 +470,12 @@ class OnlineMF:
     def _top_popular(
         self, user_id: str, profile: UserProfile, order: np.ndarray, k: int
     ) -> Recommendation:
-        hidden = set(self._hidden(profile))
-        ids, counts = self.items.ids, self.items.counts
         chosen: list[str] = []
         scores: list[float] = []
+        if k <= 0:
+            return Recommendation(user_id, chosen, scores, False)
+        hidden = set(self._hidden(profile))
+        ids, counts = self.items.ids, self.items.counts
         for row in order:
             item_id = ids[row]
             if item_id in hidden:
