@@ -1,7 +1,7 @@
 """Typed settings, read from ``STREAMREC_*`` environment variables.
 
 Every field has a default that works with ``scripts/services.sh`` on one
-machine; ``docs/CONFIGURATION.md`` and the README table list them. Settings are
+machine; the README's configuration table lists them. Settings are
 checked once, at start, and a bad value stops the process with a message that
 names the variable, the value and what would be accepted.
 """

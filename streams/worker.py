@@ -39,6 +39,7 @@ from models.items import decode_item, encode_item, initial_factors
 from models.mf import MFConfig, OnlineMF, Recommendation
 from models.profiles import UserProfile, decode_profile, encode_profile
 from producers.kafka import ensure_topic
+from streams import faust_patches
 from streams.metrics import WorkerMetrics
 from streams.owner import ItemState, apply_updates, split_by_owner
 from streams.publisher import ListPublisher, PublishedList
@@ -70,32 +71,6 @@ def mf_config(settings: Settings) -> MFConfig:
 
 # How long the item owner gathers update messages before applying them.
 OWNER_WINDOW_S = 0.1
-
-
-def _limit_fetch_wait(wait_ms: int) -> None:
-    """Cap how long the broker may hold a fetch of Faust's consumer.
-
-    faust-streaming hard-codes ``fetch_max_wait_ms=1500`` for the consumer it
-    runs in its own thread. When one fetch covers only partitions with no new
-    data (``item-updates`` between two batches, say), events that arrive
-    meanwhile wait for the next fetch, and lists trailed their events by up to
-    1.5 s at 2,000 events/s (docs/BENCHMARKS.md). The attribute is
-    the one aiokafka reads when the consumer starts.
-    """
-    from faust.transport.drivers import aiokafka as faust_driver
-
-    thread_class = faust_driver.AIOKafkaConsumerThread
-    original = getattr(thread_class, "_streamrec_original", None)
-    if original is None:
-        original = thread_class._create_worker_consumer
-        thread_class._streamrec_original = original  # type: ignore[attr-defined]
-
-    def create(self, transport):  # type: ignore[no-untyped-def]
-        consumer = original(self, transport)
-        consumer._fetch_max_wait_ms = wait_ms
-        return consumer
-
-    thread_class._create_worker_consumer = create  # type: ignore[method-assign]
 
 
 def die(reason: str) -> NoReturn:
@@ -159,7 +134,7 @@ class StreamrecWorker:
 
     def _make_app(self) -> faust.App:
         s = self.settings
-        _limit_fetch_wait(s.fetch_max_wait_ms)
+        faust_patches.apply(s.fetch_max_wait_ms)
         return faust.App(
             s.app_id,
             broker=[f"kafka://{server}" for server in s.kafka_bootstrap.split(",")],
