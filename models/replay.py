@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from itertools import islice
 
 from models.events import Event
-from models.mf import MFConfig, OnlineMF, Recommendation
+from models.mf import BatchResult, MFConfig, OnlineMF, Recommendation
 from models.profiles import UserProfile
 
 
@@ -53,14 +53,24 @@ class Replayer:
 
     def step(self, batch: Sequence[Event]) -> list[Recommendation]:
         """Learn one batch and return the refreshed lists of its shoppers."""
-        result = self.model.learn_batch(batch, self.profiles)
-        self.model.apply_item_update(result.item_update)
+        result = self.learn(batch)
         profiles = [self.profiles[u] for u in result.users]
         return self.model.recommend(profiles, result.users, self.k)
 
-    def lists_for(self, user_ids: Sequence[str]) -> list[Recommendation]:
+    def learn(self, batch: Sequence[Event]) -> BatchResult:
+        """Learn one batch, item updates applied at once (the learning half of
+        :meth:`step`; the prequential evaluation asks for lists itself)."""
+        result = self.model.learn_batch(batch, self.profiles)
+        self.model.apply_item_update(result.item_update)
+        return result
+
+    def lists_for(
+        self, user_ids: Sequence[str], k: int | None = None
+    ) -> list[Recommendation]:
+        """Lists of these shoppers from the current state (``k`` defaults to
+        the replayer's); unknown shoppers get a fresh profile's list."""
         profiles = [self.profiles.get(u) or self.model.new_profile(u) for u in user_ids]
-        return self.model.recommend(profiles, user_ids, self.k)
+        return self.model.recommend(profiles, user_ids, self.k if k is None else k)
 
 
 def replay(

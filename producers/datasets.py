@@ -37,9 +37,12 @@ Formats and how they map onto the contract
     ``user_id,item_id,category_id,behavior_type,timestamp`` (seconds).
     ``pv`` -> ``view``, ``cart`` -> ``add_to_cart``, ``buy`` -> ``purchase``.
     ``fav`` (add to favourites) has no counterpart in the contract and is
-    **dropped**; :func:`read_events_with_stats` counts the dropped lines under
-    the reason ``"fav"``. The category is not part of the contract and is not
-    kept. The few events stamped before the published window are kept.
+    **dropped** by default; :func:`read_events_with_stats` counts the dropped
+    lines under the reason ``"fav"``. ``fav_as="click"`` (say) keeps them as
+    that event type instead: the prequential check values of
+    ``data/README.md`` count every line, ``fav`` included. The category is
+    not part of the contract and is not kept. The few events stamped before
+    the published window are kept.
 ``csv``
     The contract itself as CSV: a header naming ``event_id, user_id, item_id,
     event_type, timestamp`` (ms) and optionally ``session_id, price,
@@ -56,6 +59,7 @@ points back at its source line. A line that cannot be read raises
 from __future__ import annotations
 
 import csv
+import functools
 import gzip
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -66,7 +70,7 @@ from typing import Annotated, Literal, TextIO
 
 import msgspec
 
-from models.events import Event, EventType
+from models.events import EVENT_TYPES, Event, EventType
 
 FORMATS = ("movielens", "otto", "otto-jsonl", "taobao", "csv")
 
@@ -130,7 +134,11 @@ def detect_format(path: str | Path) -> str:
 
 
 def read_events(
-    path: str | Path, fmt: str | None = None, limit: int | None = None
+    path: str | Path,
+    fmt: str | None = None,
+    limit: int | None = None,
+    *,
+    fav_as: EventType | None = None,
 ) -> list[Event]:
     """Read a dataset file as contract events sorted by timestamp (stable).
 
@@ -143,12 +151,18 @@ def read_events(
     limit
         Keep at most this many events: the first ``limit`` in file order,
         then sorted. None reads the whole file.
+    fav_as
+        Taobao only: the event type a ``fav`` line becomes; None drops it.
     """
-    return read_events_with_stats(path, fmt, limit)[0]
+    return read_events_with_stats(path, fmt, limit, fav_as=fav_as)[0]
 
 
 def read_events_with_stats(
-    path: str | Path, fmt: str | None = None, limit: int | None = None
+    path: str | Path,
+    fmt: str | None = None,
+    limit: int | None = None,
+    *,
+    fav_as: EventType | None = None,
 ) -> tuple[list[Event], DatasetStats]:
     """Like :func:`read_events`, also returning counts read, kept and dropped."""
     path = Path(path)
@@ -158,9 +172,14 @@ def read_events_with_stats(
         raise ValueError(f"unknown dataset format {fmt!r}; expected one of {FORMATS}")
     if limit is not None and limit < 0:
         raise ValueError(f"limit must be None or at least 0, got {limit}")
+    if fav_as is not None and fav_as not in EVENT_TYPES:
+        raise ValueError(f"fav_as must be one of {EVENT_TYPES} or None, got {fav_as!r}")
+    reader = _READERS[fmt]
+    if fmt == "taobao" and fav_as is not None:
+        reader = functools.partial(_read_taobao, fav_as=fav_as)
 
     with _open_text(path) as stream:
-        events, read, dropped = _READERS[fmt](stream, path, limit)
+        events, read, dropped = reader(stream, path, limit)
 
     # list.sort is stable: same-millisecond events keep their file order.
     events.sort(key=attrgetter("timestamp"))
@@ -303,16 +322,17 @@ def _read_otto_csv(
 
 
 def _read_taobao(
-    stream: TextIO, path: Path, limit: int | None
+    stream: TextIO, path: Path, limit: int | None, fav_as: EventType | None = None
 ) -> tuple[list[Event], int, Counter]:
     stem = _stem(path)
+    types = TAOBAO_TYPES if fav_as is None else {**TAOBAO_TYPES, "fav": fav_as}
 
     def parse(row: list[str], line: int) -> Event | str:
         user, item, _category, behavior, seconds = row
         ms = int(seconds) * 1000
         _require(bool(user and item), "empty user_id or item_id")
         _require(ms >= 0, f"negative timestamp {seconds}")
-        event_type = TAOBAO_TYPES.get(behavior)
+        event_type = types.get(behavior)
         if event_type is not None:
             return Event(f"{stem}:{line}", user, item, event_type, ms)
         _require(behavior in TAOBAO_DROPPED, f"unknown behavior_type {behavior!r}")

@@ -90,6 +90,8 @@ def _parser() -> argparse.ArgumentParser:
     replay.add_argument("--show", type=int, default=3, help="lists to print at the end")
     replay.set_defaults(run=_run_replay)
 
+    _add_evaluate(commands)
+
     show = commands.add_parser("show", help="print shoppers' lists from Redis")
     show.add_argument("users", nargs="+", help="user ids")
     show.set_defaults(run=_run_show)
@@ -102,6 +104,54 @@ def _add_format(parser: argparse.ArgumentParser) -> None:
         choices=["movielens", "otto", "otto-jsonl", "taobao", "csv"],
         help="file format (default: detected)",
     )
+
+
+def _add_evaluate(commands: argparse._SubParsersAction) -> None:
+    evaluate = commands.add_parser(
+        "evaluate",
+        help="prequential quality (HR/MRR/NDCG) of streamrec and popularity",
+        description="Replay a dataset in-process through the worker's model, "
+        "test-then-train as ../shared/EVALUATION.md says, beside the popularity "
+        "baseline.",
+    )
+    evaluate.add_argument("path", help="dataset file (.csv, .jsonl, .gz)")
+    _add_format(evaluate)
+    evaluate.add_argument(
+        "--batch-size",
+        type=int,
+        default=1,
+        help="micro-batch B: tests of a batch see the state before it (default 1)",
+    )
+    evaluate.add_argument("--limit", type=int, help="read only this many events")
+    evaluate.add_argument(
+        "--fav-as",
+        default="click",
+        choices=["drop", "view", "click", "add_to_cart", "purchase"],
+        help="Taobao 'fav' lines: the event type they become, or drop "
+        "(default click; the data README's check values count them)",
+    )
+    evaluate.add_argument("--json-out", help="write the figures to this JSON file")
+    evaluate.add_argument("--plot", help="write a PNG of rolling HR@20 here")
+    evaluate.add_argument(
+        "--window",
+        type=int,
+        help="tests per rolling-HR point (default: a twentieth of them, at least 100)",
+    )
+    evaluate.add_argument("--no-progress", action="store_true")
+    evaluate.set_defaults(run=_run_evaluate)
+
+
+def _run_evaluate(settings: Settings, args: argparse.Namespace) -> int:
+    if args.batch_size < 1 or (args.window is not None and args.window < 1):
+        print("--batch-size and --window must be at least 1", file=sys.stderr)
+        return 2
+    # One BLAS thread, as the worker runs (set before numpy loads).
+    for name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(name, "1")
+    from streams.evaluate import run_evaluate
+    from streams.worker import mf_config
+
+    return run_evaluate(args, mf_config(settings))
 
 
 def _run_worker(settings: Settings, args: argparse.Namespace) -> int:

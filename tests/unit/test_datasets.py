@@ -165,6 +165,16 @@ def test_taobao_drops_fav_and_counts_it():
     }
 
 
+def test_taobao_can_keep_fav_as_an_event_type():
+    events, stats = read_events_with_stats(TAOBAO, fav_as="click")
+
+    assert stats.dropped == {}
+    assert stats.kept == len(events) == 84_287
+    assert Counter(e.event_type for e in events)["click"] == 2_351
+    with pytest.raises(ValueError, match="fav_as"):
+        read_events(TAOBAO, fav_as="like")  # type: ignore[arg-type]
+
+
 def test_taobao_keeps_dataset_ids_and_converts_seconds():
     events = read_events(TAOBAO)
     first_line = next(e for e in events if e.event_id == "user_behavior_head:1")

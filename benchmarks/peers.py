@@ -1,0 +1,231 @@
+"""streamrec beside its peers, under the prequential protocol of EVALUATION.md.
+
+Every system sees the same stream, test-then-train, with the same micro-batch
+size (default 1: the protocol to the letter), through
+:func:`models.evaluation.prequential`:
+
+``popularity``        the protocol's reference baseline
+``river-FunkMF``      River's FunkMF, positives plus 4 sampled negatives
+``river-BiasedMF``    River's BiasedMF, the same
+``implicit-ALS``      implicit's ALS refit from scratch every 5 % of the stream
+``ISGD``              Vinagre et al. 2014, incremental SGD, positive-only
+``sequential-rules``  Ludewig and Jannach's SR over each shopper's stream
+``streamrec``         streamrec's model at its default configuration
+
+One table per dataset (HR/MRR/NDCG at 10 and 20, tests, events/s), then
+streamrec's HR@20 over the best peer's with a paired 95 % bootstrap interval
+(test events resampled, the same draw for both). Needs the ``peers`` extra::
+
+    .venv/bin/pip install -e '.[peers]'
+    .venv/bin/python -m benchmarks.peers --json-out peers.json
+
+Datasets are names (``movielens``, ``taobao``) or paths to any file that
+``producers.datasets`` reads. Taobao ``fav`` lines are kept as ``click``
+events, as the data README's check values count them.
+"""
+
+from __future__ import annotations
+
+import os
+
+# One BLAS thread for every system, as the worker runs: on 2 cores a second
+# thread only contends, and implicit warns about threaded BLAS (before numpy).
+for _name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_name, "1")
+
+import argparse  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from collections.abc import Callable, Sequence  # noqa: E402
+from dataclasses import asdict  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
+
+from benchmarks.common import REPO_ROOT, machine_notes  # noqa: E402
+from models.evaluation import (  # noqa: E402
+    EvaluationResult,
+    Popularity,
+    Recommender,
+    Stream,
+    bootstrap_ratio,
+    encode,
+)
+from models.mf import MFConfig  # noqa: E402
+from streams.evaluate import evaluate_systems, format_table, write_json  # noqa: E402
+
+DATA = REPO_ROOT.parent / "shared" / "data"
+DATASETS = {
+    "movielens": DATA / "movielens-latest-small" / "ratings.csv",
+    "taobao": DATA / "taobao-userbehavior" / "user_behavior_head.csv.gz",
+}
+SYSTEMS = (
+    "popularity",
+    "river-FunkMF",
+    "river-BiasedMF",
+    "implicit-ALS",
+    "ISGD",
+    "sequential-rules",
+    "streamrec",
+)
+FAV_AS = "click"
+
+
+def make_factory(
+    name: str, stream: Stream, config: MFConfig
+) -> Callable[[], Recommender]:
+    """A maker of a fresh system called ``name`` for this stream."""
+    from benchmarks import peer_models as peers
+    from models.evaluation import StreamrecRecommender
+
+    factories: dict[str, Callable[[], Recommender]] = {
+        "popularity": Popularity,
+        "river-FunkMF": lambda: peers.RiverMF("funk"),
+        "river-BiasedMF": lambda: peers.RiverMF("biased"),
+        "implicit-ALS": lambda: peers.PeriodicALS(len(stream)),
+        "ISGD": peers.ISGD,
+        "sequential-rules": peers.SequentialRules,
+        "streamrec": lambda: StreamrecRecommender(config),
+    }
+    return factories[name]
+
+
+def best_peer_ratio(
+    results: Sequence[EvaluationResult], resamples: int, seed: int = 0
+) -> dict[str, Any] | None:
+    """streamrec's HR@20 over the best other system's, with its interval."""
+    by_name = {r.name: r for r in results}
+    ours = by_name.get("streamrec")
+    peers = [r for r in results if r.name != "streamrec"]
+    if ours is None or not peers:
+        return None
+    best = max(peers, key=lambda r: r.hits(20).mean())
+    if not (best.positions == ours.positions).all():
+        raise AssertionError("systems were tested on different events")
+    interval = bootstrap_ratio(
+        ours.hits(20), best.hits(20), resamples=resamples, seed=seed
+    )
+    return {"best_peer": best.name, **interval.as_dict()}
+
+
+def run_dataset(
+    label: str, path: Path, systems: Sequence[str], args: argparse.Namespace
+) -> dict[str, Any]:
+    from producers.datasets import read_events_with_stats
+    from streams.worker import mf_config
+
+    config = mf_config(_settings())
+    events, stats = read_events_with_stats(path, limit=args.limit, fav_as=FAV_AS)
+    stream = encode(events)
+    factories = [make_factory(name, stream, config) for name in systems]
+    results = evaluate_systems(stream, factories, batch_size=args.batch_size)
+    ratio = best_peer_ratio(results, args.resamples)
+    _print_dataset(label, stats, stream, results, ratio, args.batch_size)
+    return {
+        "dataset": label,
+        "path": str(path),
+        "format": stats.fmt,
+        "fav_as": FAV_AS if stats.fmt == "taobao" else None,
+        "events": len(stream),
+        "users": len(stream.user_ids),
+        "items": len(stream.item_ids),
+        "batch_size": args.batch_size,
+        "streamrec_config": asdict(config),
+        "results": [r.summary() for r in results],
+        "streamrec_over_best_peer_hr@20": ratio,
+    }
+
+
+def _settings():  # type: ignore[no-untyped-def]
+    from config.settings import load_settings
+
+    return load_settings()
+
+
+def _print_dataset(
+    label: str,
+    stats: Any,
+    stream: Stream,
+    results: Sequence[EvaluationResult],
+    ratio: dict[str, Any] | None,
+    batch_size: int,
+) -> None:
+    print(
+        f"\n== {label}: {stats.path.name} ({stats.fmt}), {len(stream):,} events, "
+        f"{len(stream.user_ids):,} users, {len(stream.item_ids):,} items, "
+        f"micro-batch {batch_size}"
+    )
+    print(format_table(results))
+    if ratio is not None:
+        print(
+            f"streamrec HR@20 / {ratio['best_peer']} HR@20 = {ratio['ratio']:.3f} "
+            f"(95 % paired bootstrap over test events, {ratio['resamples']:,} "
+            f"resamples: {ratio['low']:.3f} to {ratio['high']:.3f})"
+        )
+    sys.stdout.flush()
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.peers",
+        description="streamrec beside popularity, River, implicit ALS, ISGD and "
+        "sequential rules, prequential (EVALUATION.md).",
+    )
+    parser.add_argument(
+        "--datasets",
+        nargs="+",
+        default=list(DATASETS),
+        help=f"names ({', '.join(DATASETS)}) or dataset file paths",
+    )
+    parser.add_argument(
+        "--systems", nargs="+", default=list(SYSTEMS), choices=SYSTEMS, metavar="NAME"
+    )
+    parser.add_argument("--limit", type=int, help="read only this many events")
+    parser.add_argument("--batch-size", type=int, default=1)
+    parser.add_argument("--resamples", type=int, default=10_000)
+    parser.add_argument("--json-out", help="write every figure to this JSON file")
+    return parser
+
+
+def _versions() -> dict[str, str]:
+    from importlib import metadata
+
+    found = {}
+    for package in ("numpy", "scipy", "river", "implicit"):
+        try:
+            found[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            found[package] = "missing"
+    return found
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = _parser().parse_args(argv)
+    if args.batch_size < 1:
+        print("--batch-size must be at least 1", file=sys.stderr)
+        return 2
+    started = time.perf_counter()
+    runs = []
+    for dataset in args.datasets:
+        path = DATASETS.get(dataset, Path(dataset))
+        if not path.exists():
+            print(f"no dataset file at {path}", file=sys.stderr)
+            return 2
+        runs.append(run_dataset(dataset, path, args.systems, args))
+    elapsed = time.perf_counter() - started
+    print(f"\nall done in {elapsed:.0f} s")
+    if args.json_out:
+        payload = {
+            "command": " ".join(["python -m benchmarks.peers", *argv]),
+            "seconds": elapsed,
+            "machine": machine_notes(),
+            "versions": _versions(),
+            "datasets": runs,
+        }
+        write_json(args.json_out, payload)
+        print(f"wrote {args.json_out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
