@@ -25,9 +25,10 @@ import logging
 import sys
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator, Sized
+from collections.abc import Iterable, Iterator, Mapping, Sized
 from dataclasses import dataclass
 from itertools import islice
+from typing import Any
 
 import msgspec
 from aiokafka import AIOKafkaProducer
@@ -81,6 +82,7 @@ async def ensure_topic(
     partitions: int = 8,
     *,
     replication_factor: int | None = None,
+    client_options: Mapping[str, Any] | None = None,
 ) -> bool:
     """Create ``topic`` unless it exists; return whether it was created.
 
@@ -91,7 +93,9 @@ async def ensure_topic(
     if partitions < 1:
         raise ValueError(f"a topic needs at least 1 partition, got {partitions}")
     admin = AIOKafkaAdminClient(
-        bootstrap_servers=bootstrap, client_id="streamrec-admin"
+        bootstrap_servers=bootstrap,
+        client_id="streamrec-admin",
+        **(client_options or {}),
     )
     await admin.start()
     try:
@@ -143,6 +147,7 @@ async def produce_events(
     progress: bool = True,
     total: int | None = None,
     retime: bool = False,
+    client_options: Mapping[str, Any] | None = None,
 ) -> ProduceReport:
     """Send events to ``topic``, keyed by ``user_id``, creating the topic if needed.
 
@@ -159,6 +164,8 @@ async def produce_events(
     retime
         Stamp each event with the wall clock when it is sent (never going
         backwards), for replaying historical data as live traffic.
+    client_options
+        Security options for aiokafka (config.security.kafka_client_options).
     """
     if total is None and isinstance(events, Sized):
         total = len(events)
@@ -170,6 +177,7 @@ async def produce_events(
         rate=rate,
         progress=progress,
         total=total,
+        client_options=client_options,
     )
 
 
@@ -181,6 +189,7 @@ async def produce_raw(
     partitions: int = 8,
     rate: float | None = None,
     progress: bool = False,
+    client_options: Mapping[str, Any] | None = None,
 ) -> ProduceReport:
     """Send ``(key, value)`` byte pairs as they are, e.g. malformed messages.
 
@@ -194,6 +203,7 @@ async def produce_raw(
         rate=rate,
         progress=progress,
         total=len(values),
+        client_options=client_options,
     )
 
 
@@ -214,7 +224,9 @@ def _event_records(events: Iterable[Event], retime: bool) -> Iterator[Record]:
         yield event.user_id.encode(), encode_event(replace(event, timestamp=last_ms))
 
 
-def _new_producer(bootstrap: str) -> AIOKafkaProducer:
+def _new_producer(
+    bootstrap: str, client_options: Mapping[str, Any] | None
+) -> AIOKafkaProducer:
     return AIOKafkaProducer(
         bootstrap_servers=bootstrap,
         client_id="streamrec-producer",
@@ -223,6 +235,7 @@ def _new_producer(bootstrap: str) -> AIOKafkaProducer:
         linger_ms=LINGER_MS,
         max_batch_size=MAX_BATCH_BYTES,
         compression_type=None,
+        **(client_options or {}),
     )
 
 
@@ -235,6 +248,7 @@ async def _produce(
     rate: float | None,
     progress: bool,
     total: int | None,
+    client_options: Mapping[str, Any] | None = None,
 ) -> ProduceReport:
     if rate is not None and not rate > 0:
         raise ValueError(f"rate must be None or a positive events/s, got {rate}")
@@ -244,8 +258,8 @@ async def _produce(
         else max(1, min(CHUNK_EVENTS, int(rate / TICKS_PER_SECOND)))
     )
 
-    await ensure_topic(bootstrap, topic, partitions)
-    producer = _new_producer(bootstrap)
+    await ensure_topic(bootstrap, topic, partitions, client_options=client_options)
+    producer = _new_producer(bootstrap, client_options)
     try:
         await producer.start()
     except BaseException:

@@ -3,6 +3,9 @@
 #
 #   scripts/services.sh start    start both and wait until they answer (90 s at most)
 #   scripts/services.sh stop     stop what `start` started, and nothing else
+#   scripts/services.sh start|stop kafka|redis    the same for one of them
+#   scripts/services.sh restart kafka|redis       stop one and start it again with its
+#                                data kept (fault tests: a broker restart under load)
 #   scripts/services.sh status   say whether each answers; exit 1 when one does not
 #   scripts/services.sh env      print export lines for the STREAMREC_* settings:
 #                                eval "$(scripts/services.sh env)"
@@ -14,7 +17,8 @@
 #
 # Ports: STREAMREC_KAFKA_PORT (9092), STREAMREC_KAFKA_CONTROLLER_PORT (9093),
 # STREAMREC_REDIS_PORT (6379). STREAMREC_REDIS_PASSWORD, when set, becomes Redis's
-# requirepass and goes into the URL that `env` prints.
+# requirepass and goes into the URL that `env` prints. STREAMREC_KAFKA_HEAP (768m) is
+# the broker's maximum heap.
 #
 # Run folder: STREAMREC_RUN_DIR, default .run/services:
 #   kafka/  server.properties and the broker's data
@@ -22,7 +26,8 @@
 #   logs/   kafka.log (log4j2), kafka.out (JVM output), redis.log
 #   pids/   kafka.pid, redis.pid
 # Every start is clean: a service that is not running gets its data folder and logs
-# wiped before it starts. `stop` keeps both, so logs can be read after a failed run.
+# wiped before it starts; only `restart` keeps them. `stop` keeps both, so logs can be
+# read after a failed run.
 #
 # Idempotent: `start` does not restart a service whose pid in our pid file is alive and
 # ours (its working folder is in the run folder); it only checks that its port answers.
@@ -35,6 +40,13 @@ KAFKA_PORT=${STREAMREC_KAFKA_PORT:-9092}
 CONTROLLER_PORT=${STREAMREC_KAFKA_CONTROLLER_PORT:-9093}
 REDIS_PORT=${STREAMREC_REDIS_PORT:-6379}
 REDIS_PASSWORD=${STREAMREC_REDIS_PASSWORD:-}
+KAFKA_HEAP=${STREAMREC_KAFKA_HEAP:-768m}
+[[ $KAFKA_HEAP =~ ^[0-9]+[mg]$ ]] || {
+    echo "services: error: STREAMREC_KAFKA_HEAP must look like 512m or 1g" >&2
+    exit 1
+}
+# restart: start without wiping the data folder (set by cmd_restart)
+KEEP_DATA=0
 RUN_DIR=$(realpath -m "${STREAMREC_RUN_DIR:-$ROOT/.run/services}")
 LOG_DIR=$RUN_DIR/logs
 PID_DIR=$RUN_DIR/pids
@@ -46,7 +58,7 @@ PYTHON=$ROOT/.venv/bin/python
 [[ -x $PYTHON ]] || PYTHON=python3
 
 KAFKA_JVM_OPTS=(
-    -Xms256m -Xmx768m -XX:+UseG1GC -XX:MaxGCPauseMillis=20 -Djava.awt.headless=true
+    -Xms256m "-Xmx$KAFKA_HEAP" -XX:+UseG1GC -XX:MaxGCPauseMillis=20 -Djava.awt.headless=true
     "-Dlog4j2.configurationFile=$ROOT/scripts/kafka-log4j2.properties"
     "-Dkafka.logs.dir=$LOG_DIR"
     # Keep logging until Kafka's own shutdown hook has finished.
@@ -224,6 +236,13 @@ start_kafka() {
     local dir=$RUN_DIR/kafka cluster_id
     fetch_kafka_jars
 
+    if ((KEEP_DATA)) && [[ -f $dir/data/meta.properties ]]; then
+        write_kafka_config "$dir/server.properties" "$dir/data"
+        log "starting kafka again on 127.0.0.1:$KAFKA_PORT with its data"
+        launch kafka "$dir" "$LOG_DIR/kafka.out" java "${KAFKA_JVM_OPTS[@]}" \
+            -cp "$KAFKA_LIBS/*" kafka.Kafka "$dir/server.properties"
+        return
+    fi
     rm -rf "$dir" "$LOG_DIR"/kafka.*
     mkdir -p "$dir/data"
     write_kafka_config "$dir/server.properties" "$dir/data"
@@ -292,8 +311,8 @@ show_log_tail() {
     done
 }
 
-wait_until_answering() {
-    local deadline=$((SECONDS + START_TIMEOUT_S)) name pending=(kafka redis) left
+wait_until_answering() { # wait_until_answering NAME...
+    local deadline=$((SECONDS + START_TIMEOUT_S)) name pending=("$@") left
     while ((${#pending[@]})); do
         left=()
         for name in "${pending[@]}"; do
@@ -317,11 +336,11 @@ wait_until_answering() {
     done
 }
 
-cmd_start() {
+cmd_start() { # cmd_start NAME...
     local began=$SECONDS name pid stopped=()
     ensure_tools
     mkdir -p "$LOG_DIR" "$PID_DIR"
-    for name in kafka redis; do
+    for name in "$@"; do
         if pid=$(our_pid "$name"); then
             log "$name already started (pid $pid)"
         else
@@ -339,7 +358,7 @@ cmd_start() {
         esac
     done
     for name in "${stopped[@]}"; do "start_$name"; done
-    wait_until_answering
+    wait_until_answering "$@"
     log "ready after $((SECONDS - began)) s; logs in $LOG_DIR"
 }
 
@@ -367,9 +386,29 @@ wait_gone() { # wait_gone PID SECONDS: whether PID exited within SECONDS
     done
 }
 
-cmd_stop() {
-    stop_one kafka
-    stop_one redis
+cmd_stop() { # cmd_stop NAME...
+    local name
+    for name in "$@"; do stop_one "$name"; done
+}
+
+# cmd_restart NAME: stop it (if ours and running) and start it with its data kept.
+cmd_restart() {
+    stop_one "$1"
+    KEEP_DATA=1
+    cmd_start "$1"
+}
+
+# services NAME...: the names given, checked; both when none is.
+services() {
+    local name
+    (($#)) || set -- kafka redis
+    for name in "$@"; do
+        [[ $name == kafka || $name == redis ]] || {
+            echo "usage: $0 start|stop [kafka|redis] | restart kafka|redis" >&2
+            exit 2
+        }
+    done
+    echo "$@"
 }
 
 cmd_status() {
@@ -413,13 +452,22 @@ cmd_env() {
 }
 
 main() {
-    case ${1:-} in
-        start) cmd_start ;;
-        stop) cmd_stop ;;
+    local command=${1:-} names
+    shift || true
+    case $command in
+        start | stop | restart)
+            names=$(services "$@")
+            if [[ $command == restart && $# -ne 1 ]]; then
+                echo "usage: $0 restart kafka|redis" >&2
+                exit 2
+            fi
+            # shellcheck disable=SC2086 # the names are single words
+            "cmd_$command" $names
+            ;;
         status) cmd_status ;;
         env) cmd_env ;;
         *)
-            echo "usage: $0 start|stop|status|env" >&2
+            echo "usage: $0 start|stop [kafka|redis] | restart kafka|redis | status | env" >&2
             exit 2
             ;;
     esac

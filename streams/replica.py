@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Mapping
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
@@ -32,8 +34,10 @@ class ItemReplica:
         topic: str,
         partitions: int,
         metrics: WorkerMetrics,
+        client_options: Mapping[str, Any] | None = None,
     ) -> None:
         self.items = items
+        self.client_options = dict(client_options or {})
         self.bootstrap = bootstrap
         self.topic = topic
         self.partitions = partitions
@@ -50,6 +54,7 @@ class ItemReplica:
             auto_offset_reset="earliest",
             fetch_max_wait_ms=20,
             max_partition_fetch_bytes=4 * 1024 * 1024,
+            **self.client_options,
         )
         self._consumer = consumer
         await consumer.start()

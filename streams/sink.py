@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 from collections import defaultdict
+from collections.abc import Mapping
+from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.partitioner import murmur2
@@ -28,8 +30,12 @@ def partition_of(key: bytes, partitions: int) -> int:
 class KafkaSink:
     """Collects records per topic partition and sends them in batches."""
 
-    def __init__(self, bootstrap: str) -> None:
+    def __init__(
+        self, bootstrap: str, client_options: Mapping[str, Any] | None = None
+    ) -> None:
         self.bootstrap = bootstrap
+        # security settings (config.security.kafka_client_options)
+        self.client_options = dict(client_options or {})
         self._producer: AIOKafkaProducer | None = None
         self._pending: dict[tuple[str, int], list[_Record]] = defaultdict(list)
 
@@ -41,6 +47,7 @@ class KafkaSink:
                 linger_ms=0,
                 max_batch_size=1024 * 1024,
                 max_request_size=8 * 1024 * 1024,
+                **self.client_options,
             )
             await producer.start()
             self._producer = producer

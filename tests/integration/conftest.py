@@ -113,6 +113,7 @@ def namespace(base_settings: Settings, tmp_path: Path) -> Iterator[Namespace]:
         "STREAMREC_RECOMMENDATIONS_TOPIC": f"recommendations-{tag}",
         "STREAMREC_DEAD_LETTER_TOPIC": f"dead-letter-{tag}",
         "STREAMREC_ITEM_UPDATES_TOPIC": f"item-updates-{tag}",
+        "STREAMREC_CONTROL_TOPIC": f"control-{tag}",
         "STREAMREC_KEY_PREFIX": f"rec:{tag}:",
         "STREAMREC_KAFKA_BOOTSTRAP": base_settings.kafka_bootstrap,
         "STREAMREC_REDIS_URL": base_settings.redis_url,
@@ -276,3 +277,32 @@ def consume_all(
             await consumer.stop()
 
     return asyncio.run(run())
+
+
+@pytest.fixture(scope="session")
+def private_stack() -> Iterator[object]:
+    """A Kafka broker and a Redis (with requirepass) of the fault tests' own.
+
+    Started by scripts/services.sh on free ports in a run folder under
+    .run/, so tests may stop and restart them; the shared services are never
+    touched. Stopped (only its own pids) and removed at the end; the run
+    folder, with its logs, is kept when the start failed.
+    """
+    from tests.integration.faults import PrivateStack
+
+    stack = PrivateStack.create("fault-stack")
+    try:
+        stack.start()
+    except Exception as exc:
+        stack.stop(remove=False)
+        pytest.fail(f"the private stack did not start: {exc}")
+    yield stack
+    stack.stop()
+
+
+@pytest.fixture
+def private_namespace(private_stack: object, tmp_path: Path) -> Iterator[Namespace]:
+    """A namespace (app id, topics, key prefix) on the private stack."""
+    namespace = private_stack.namespace(tmp_path)  # type: ignore[attr-defined]
+    yield namespace
+    namespace.close()
