@@ -25,6 +25,6 @@ RUN useradd --create-home --uid 10001 streamrec \
     && chown streamrec /app/.run
 USER streamrec
 
-# Prometheus metrics of the worker (STREAMREC_WEB_PORT).
+# The worker's HTTP API and Prometheus metrics (STREAMREC_WEB_PORT).
 EXPOSE 6066
 CMD ["streamrec", "worker"]

@@ -71,6 +71,11 @@ PY
 )
 .venv/bin/streamrec show "${users[@]}"
 
+echo "==> the HTTP API (docs/openapi.yaml): a list, trending, health"
+for path in "recommendations/${users[0]:-nobody}?k=5" "trending?k=5" healthz; do
+    curl -s "http://127.0.0.1:$port/$path" && echo || true
+done
+
 echo "==> metrics: http://127.0.0.1:$port/metrics (a few of them now)"
 curl -s "http://127.0.0.1:$port/metrics" | grep -E \
     '^streamrec_(events_consumed_total|lists_published_total|users_known|items_known|freshness_seconds_(count|sum))' \
