@@ -43,12 +43,15 @@ from typing import Any  # noqa: E402
 
 from benchmarks.common import REPO_ROOT, machine_notes  # noqa: E402
 from models.evaluation import (  # noqa: E402
+    HALVES,
     EvaluationResult,
     Popularity,
     Recommender,
     Stream,
     bootstrap_ratio,
     encode,
+    first_half,
+    second_half,
 )
 from models.mf import MFConfig  # noqa: E402
 from streams.evaluate import evaluate_systems, format_table, write_json  # noqa: E402
@@ -107,6 +110,39 @@ def best_peer_ratio(
     return {"best_peer": best.name, **interval.as_dict()}
 
 
+def half_ratios(
+    results: Sequence[EvaluationResult], events: int, resamples: int
+) -> dict[str, Any]:
+    """:func:`best_peer_ratio` on the tests of each half of a whole-stream run.
+
+    A system's first-half tests are those a run over the first half alone
+    would make, with the same answers for every system whose state depends
+    only on the events so far (all but implicit-ALS, whose refit points are
+    fractions of the whole stream).
+    """
+    halves = {}
+    for half in HALVES:
+        parts = []
+        for result in results:
+            second = second_half(result, events)
+            if half == "second":
+                parts.append(second)
+                continue
+            keep = result.positions < events // 2
+            parts.append(
+                EvaluationResult(
+                    result.name,
+                    result.events,
+                    result.batch_size,
+                    result.seconds,
+                    result.ranks[keep],
+                    result.positions[keep],
+                )
+            )
+        halves[half] = best_peer_ratio(parts, resamples)
+    return halves
+
+
 def run_dataset(
     label: str, path: Path, systems: Sequence[str], args: argparse.Namespace
 ) -> dict[str, Any]:
@@ -116,10 +152,27 @@ def run_dataset(
     config = mf_config(_settings())
     events, stats = read_events_with_stats(path, limit=args.limit, fav_as=FAV_AS)
     stream = encode(events)
+    if args.half == "first":
+        stream = first_half(stream)  # the second half is never read
     factories = [make_factory(name, stream, config) for name in systems]
     results = evaluate_systems(stream, factories, batch_size=args.batch_size)
+    if args.half == "second":
+        # whole stream learned, only the tests of its second half counted
+        results = [second_half(r, len(stream)) for r in results]
     ratio = best_peer_ratio(results, args.resamples)
     _print_dataset(label, stats, stream, results, ratio, args.batch_size)
+    halves = None
+    if args.half:
+        print(f"(tests of the {args.half} half only)")
+    else:
+        halves = half_ratios(results, len(stream), args.resamples)
+        for half, figures in halves.items():
+            if figures is not None:
+                print(
+                    f"  {half} half: / {figures['best_peer']} = "
+                    f"{figures['ratio']:.3f} [{figures['low']:.3f}, "
+                    f"{figures['high']:.3f}]"
+                )
     return {
         "dataset": label,
         "path": str(path),
@@ -129,9 +182,11 @@ def run_dataset(
         "users": len(stream.user_ids),
         "items": len(stream.item_ids),
         "batch_size": args.batch_size,
+        "half": args.half,
         "streamrec_config": asdict(config),
         "results": [r.summary() for r in results],
         "streamrec_over_best_peer_hr@20": ratio,
+        "by_half": halves,
     }
 
 
@@ -181,6 +236,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--limit", type=int, help="read only this many events")
     parser.add_argument("--batch-size", type=int, default=1)
+    parser.add_argument(
+        "--half",
+        choices=HALVES,
+        help="first: only the first half of each stream (for tuning); second: "
+        "the whole stream, tests of its second half only (to confirm)",
+    )
     parser.add_argument("--resamples", type=int, default=10_000)
     parser.add_argument("--json-out", help="write every figure to this JSON file")
     return parser

@@ -10,9 +10,17 @@ from __future__ import annotations
 
 import itertools
 from functools import cached_property
+from pathlib import Path
+from typing import Literal
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENV_PREFIX = "STREAMREC_"
@@ -31,7 +39,10 @@ class Settings(BaseSettings):
     kafka_bootstrap: str = Field(
         "127.0.0.1:9092", description="Kafka bootstrap servers, host:port[,host:port]"
     )
-    redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis URL")
+    # repr=False: a URL may carry a password, and settings get printed
+    redis_url: str = Field(
+        "redis://127.0.0.1:6379/0", description="Redis URL", repr=False
+    )
     app_id: str = Field(
         "streamrec", description="Faust app id: consumer group and table prefix"
     )
@@ -39,6 +50,38 @@ class Settings(BaseSettings):
     web_port: int = Field(6066, ge=1, le=65535, description="Port of /metrics")
     web_bind: str = Field(
         "127.0.0.1", description="Address /metrics listens on (0.0.0.0 in containers)"
+    )
+
+    # --- security (secrets are SecretStr: printed as '**********') ---------
+    kafka_security_protocol: Literal[
+        "PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"
+    ] = Field("PLAINTEXT", description="How clients talk to the brokers")
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = Field(
+        "PLAIN", description="SASL mechanism for SASL_* protocols"
+    )
+    kafka_sasl_username: str = Field("", description="SASL user name")
+    kafka_sasl_password: SecretStr = Field(SecretStr(""), description="SASL password")
+    kafka_ssl_cafile: str | None = Field(
+        None, description="CA bundle to verify the brokers (default: system CAs)"
+    )
+    kafka_ssl_certfile: str | None = Field(
+        None, description="Client certificate for mutual TLS"
+    )
+    kafka_ssl_keyfile: str | None = Field(
+        None, description="Private key of the client certificate"
+    )
+    kafka_ssl_key_password: SecretStr | None = Field(
+        None, description="Password of the private key"
+    )
+    redis_username: str | None = Field(
+        None, description="Redis ACL user (overrides the URL's)"
+    )
+    redis_password: SecretStr | None = Field(
+        None, description="Redis password (overrides the URL's)"
+    )
+    redis_tls: bool = Field(False, description="TLS to Redis (as rediss:// does)")
+    redis_tls_cafile: str | None = Field(
+        None, description="CA bundle to verify Redis (default: system CAs)"
     )
 
     # --- topics -------------------------------------------------------------
@@ -52,12 +95,15 @@ class Settings(BaseSettings):
     item_updates_topic: str = Field(
         "item-updates", description="Item gradients routed to each item's owner"
     )
+    control_topic: str = Field(
+        "streamrec-control", description="Commands such as forget, keyed by user"
+    )
     partitions: int = Field(8, ge=1, le=1024, description="Partitions of every topic")
 
     # --- lists --------------------------------------------------------------
     top_k: int = Field(20, ge=1, le=1000, description="Length of a shopper's list")
     min_history: int = Field(
-        3, ge=0, description="Events before a shopper gets personal (not popular) lists"
+        1, ge=0, description="Events before a shopper gets personal (not popular) lists"
     )
     exclude_viewed: bool = Field(
         False, description="Also hide items the shopper only viewed"
@@ -66,6 +112,26 @@ class Settings(BaseSettings):
         7 * 24 * 3600, ge=1, description="Lifetime of a list in Redis"
     )
     key_prefix: str = Field("rec:", description="Redis key prefix of lists")
+
+    # --- trending and serving -----------------------------------------------
+    trending_bucket_s: int = Field(
+        60, ge=1, le=86_400, description="Width of one trending count bucket"
+    )
+    trending_window_s: int = Field(
+        900, ge=1, le=7 * 86_400, description="Sliding window of trending items"
+    )
+    trending_half_life_s: float = Field(
+        300.0, gt=0, le=7 * 86_400, description="Age at which an event weighs half"
+    )
+    trending_interval_s: float = Field(
+        2.0, ge=0.1, le=300, description="How often the trending list is published"
+    )
+    trending_size: int = Field(
+        100, ge=1, le=1000, description="Items kept in the trending list"
+    )
+    lag_interval_s: float = Field(
+        5.0, ge=0.5, le=300, description="How often consumer lag is measured"
+    )
 
     # --- learning -----------------------------------------------------------
     n_factors: int = Field(32, ge=1, le=1024, description="Latent factors")
@@ -85,6 +151,39 @@ class Settings(BaseSettings):
     weight_add_to_cart: float = Field(3.0, ge=0, description="Weight of add_to_cart")
     weight_purchase: float = Field(5.0, ge=0, description="Weight of a purchase")
     seed: int = Field(42, description="Seed of every random choice")
+    # chosen on the first half of each stream (docs/BENCHMARKS.md, issue #3)
+    item_bias: bool = Field(True, description="Learn and score an item bias")
+    adagrad: bool = Field(True, description="Per-row Adagrad step sizes")
+    popular_negatives: float = Field(
+        0.5, ge=0, le=1, description="Share of negatives drawn from recent positives"
+    )
+    negative_memory: int = Field(
+        4096, ge=1, le=1_000_000, description="Recent positives kept for negatives"
+    )
+    seq_weight: float = Field(
+        1.0, ge=0, le=1000, description="Weight of the item-to-item links (0: off)"
+    )
+    seq_steps: int = Field(
+        10, ge=1, le=1000, description="Events after an item that link from it"
+    )
+    seq_sources: int = Field(
+        10, ge=1, le=1000, description="Latest distinct items a list links from"
+    )
+    seq_recency: float = Field(
+        0.85, gt=0, le=1, description="Weight of each older source, relative"
+    )
+    seq_backward: float = Field(
+        0.75, ge=0, le=1, description="Weight of a link back to an earlier item"
+    )
+    link_cap: int = Field(
+        300, ge=1, le=10_000, description="Links kept per item (strongest)"
+    )
+    pop_weight: float = Field(
+        0.5, ge=0, le=1000, description="Weight of popularity for short histories"
+    )
+    pop_history: float = Field(
+        10.0, gt=0, description="History length at which popularity weighs half"
+    )
 
     # --- hot path -----------------------------------------------------------
     batch_max: int = Field(1000, ge=1, le=100_000, description="Max events per batch")
@@ -93,6 +192,12 @@ class Settings(BaseSettings):
     )
     fetch_max_wait_ms: int = Field(
         20, ge=1, le=1500, description="Longest the broker may hold a fetch"
+    )
+    session_timeout_s: float = Field(
+        10.0,
+        ge=6,
+        le=300,
+        description="Silence after which Kafka drops a worker from the group",
     )
     max_id_length: int = Field(128, ge=1, le=1024, description="Longest accepted id")
     max_future_s: int = Field(
@@ -135,6 +240,7 @@ class Settings(BaseSettings):
             "RECOMMENDATIONS_TOPIC": self.recommendations_topic,
             "DEAD_LETTER_TOPIC": self.dead_letter_topic,
             "ITEM_UPDATES_TOPIC": self.item_updates_topic,
+            "CONTROL_TOPIC": self.control_topic,
         }
         if len(set(topics.values())) != len(topics):
             named = ", ".join(f"{ENV_PREFIX}{k}={v}" for k, v in topics.items())
@@ -152,7 +258,52 @@ class Settings(BaseSettings):
                     f"{ENV_PREFIX}{name}={weight}; event weights must rank "
                     "purchase >= add_to_cart >= click >= view"
                 )
+        self._check_security()
+        if self.seq_steps > self.recent_items:
+            raise ValueError(
+                f"{ENV_PREFIX}SEQ_STEPS={self.seq_steps} is above "
+                f"{ENV_PREFIX}RECENT_ITEMS={self.recent_items}; links come from "
+                "the remembered items, so raise RECENT_ITEMS or lower SEQ_STEPS"
+            )
         return self
+
+    def _check_security(self) -> None:
+        protocol = self.kafka_security_protocol
+        if protocol.startswith("SASL_") and not (
+            self.kafka_sasl_username and self.kafka_sasl_password.get_secret_value()
+        ):
+            raise ValueError(
+                f"{ENV_PREFIX}KAFKA_SECURITY_PROTOCOL={protocol} needs "
+                f"{ENV_PREFIX}KAFKA_SASL_USERNAME and {ENV_PREFIX}KAFKA_SASL_PASSWORD"
+            )
+        files = {
+            "KAFKA_SSL_CAFILE": self.kafka_ssl_cafile,
+            "KAFKA_SSL_CERTFILE": self.kafka_ssl_certfile,
+            "KAFKA_SSL_KEYFILE": self.kafka_ssl_keyfile,
+            "REDIS_TLS_CAFILE": self.redis_tls_cafile,
+        }
+        for name, path in files.items():
+            if path is not None and not Path(path).is_file():
+                raise ValueError(f"{ENV_PREFIX}{name}={path} is not a readable file")
+        if self.kafka_ssl_keyfile and not self.kafka_ssl_certfile:
+            raise ValueError(
+                f"{ENV_PREFIX}KAFKA_SSL_KEYFILE needs {ENV_PREFIX}KAFKA_SSL_CERTFILE"
+            )
+
+    @model_validator(mode="after")
+    def _check_trending(self) -> Settings:
+        if self.trending_window_s < self.trending_bucket_s:
+            raise ValueError(
+                f"{ENV_PREFIX}TRENDING_WINDOW_S={self.trending_window_s} is shorter "
+                f"than {ENV_PREFIX}TRENDING_BUCKET_S={self.trending_bucket_s}; "
+                "the window must hold at least one bucket"
+            )
+        return self
+
+    @property
+    def trending_key(self) -> str:
+        """Redis key of the trending list: one per app id (consumer group)."""
+        return f"{self.app_id}:trending"
 
     @cached_property
     def event_weights(self) -> dict[str, float]:
@@ -192,6 +343,8 @@ def load_settings(**overrides: object) -> Settings:
             value = error.get("input")
             if isinstance(value, str) and "URL" in name:
                 value = redact_url(value)
+            if "PASSWORD" in name:
+                value = "***"  # never echo a secret, not even a bad one
             lines.append(f"  {name}: {error['msg']} (got {value!r})")
         raise ConfigError(
             "invalid streamrec settings:\n"

@@ -341,6 +341,40 @@ def prequential(
     )
 
 
+# --- halves: choose on the first, confirm on the second ------------------------------
+
+HALVES = ("first", "second")
+
+
+def first_half(stream: Stream) -> Stream:
+    """The stream's first half of events: all that tuning may look at."""
+    cut = len(stream) // 2
+    users, items = stream.users[:cut], stream.items[:cut]
+    n_users = int(users.max()) + 1 if cut else 0
+    n_items = int(items.max()) + 1 if cut else 0
+    return Stream(
+        stream.events[:cut],
+        users,
+        items,
+        stream.user_ids[:n_users],
+        stream.item_ids[:n_items],
+    )
+
+
+def second_half(result: EvaluationResult, events: int) -> EvaluationResult:
+    """Only the tests in the second half of a run over the whole stream: the
+    systems come to it warm from the first half, as they would in service."""
+    keep = result.positions >= events // 2
+    return EvaluationResult(
+        result.name,
+        result.events,
+        result.batch_size,
+        result.seconds,
+        result.ranks[keep],
+        result.positions[keep],
+    )
+
+
 # --- the reference baseline: popularity -----------------------------------------------
 
 
@@ -440,11 +474,15 @@ class StreamrecRecommender:
         # Ask for 2n first and four times more for the tests that lost too
         # many to the exclusion: n + len(exclusion) at once would make the
         # model build lists thousands long for shoppers with long histories.
+        # A shopper's tests in one batch share one list (the state is the
+        # same), as the worker scores each shopper of a batch once.
         pending, k = list(range(len(request))), 2 * n
         while pending:
-            lists = self.replayer.lists_for([request.user_ids[t] for t in pending], k=k)
+            users = list(dict.fromkeys(request.user_ids[t] for t in pending))
+            lists = dict(zip(users, self.replayer.lists_for(users, k=k), strict=True))
             short = []
-            for test, rec in zip(pending, lists, strict=True):
+            for test in pending:
+                rec = lists[request.user_ids[test]]
                 chosen = self._cut(rec.items, skips[test], n)
                 if len(chosen) < n and len(rec.items) == k < n + len(skips[test]):
                     short.append(test)  # more may lie past the k asked for

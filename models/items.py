@@ -9,8 +9,12 @@ appear, which is the tie rule of the popularity baseline.
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass, field
 
+import msgspec
 import numpy as np
+
+from models.sequence import EMPTY, id_key, merge_rows
 
 FLOAT = np.float32
 
@@ -28,20 +32,34 @@ def initial_factors(key: str, n_factors: int, scale: float, seed: int) -> np.nda
 
 
 class ItemTable:
-    """Factors, biases and event counts of every item seen so far."""
+    """Factors, biases, event counts, step sizes and outgoing links of every
+    item seen so far."""
 
     def __init__(
-        self, n_factors: int, *, init_scale: float = 0.1, seed: int = 0
+        self,
+        n_factors: int,
+        *,
+        init_scale: float = 0.1,
+        seed: int = 0,
+        link_cap: int = 0,
     ) -> None:
         self.n_factors = n_factors
         self.init_scale = init_scale
         self.seed = seed
+        self.link_cap = link_cap
         self.ids: list[str] = []
         self.index: dict[str, int] = {}
         capacity = 1024
         self._vectors = np.zeros((capacity, n_factors), dtype=FLOAT)
         self._biases = np.zeros(capacity, dtype=FLOAT)
         self._counts = np.zeros(capacity, dtype=np.float64)
+        self._log_counts = np.zeros(capacity, dtype=FLOAT)
+        # Adagrad's sum of squared gradients per row (mean over the row)
+        self._accums = np.zeros(capacity, dtype=FLOAT)
+        self._keys = np.zeros(capacity, dtype=np.int64)  # id_key per row
+        # strongest outgoing links: target rows (EMPTY unused) and weights
+        self._link_targets = np.full((capacity, link_cap), EMPTY, dtype=np.int64)
+        self._link_weights = np.zeros((capacity, link_cap), dtype=FLOAT)
         self.version = 0  # bumped on every change; a list records the version
 
     def __len__(self) -> int:
@@ -60,6 +78,49 @@ class ItemTable:
     def counts(self) -> np.ndarray:
         """Events seen per item (all types count 1): the popularity signal."""
         return self._counts[: len(self.ids)]
+
+    @property
+    def log_counts(self) -> np.ndarray:
+        """``log(1 + count)`` per item (float32), kept up to date with counts."""
+        return self._log_counts[: len(self.ids)]
+
+    @property
+    def accums(self) -> np.ndarray:
+        return self._accums[: len(self.ids)]
+
+    @property
+    def link_targets(self) -> np.ndarray:
+        """Target rows of each item's links, shape (n_items, link_cap)."""
+        return self._link_targets[: len(self.ids)]
+
+    @property
+    def link_weights(self) -> np.ndarray:
+        return self._link_weights[: len(self.ids)]
+
+    def links_of(self, row: int) -> tuple[list[str], np.ndarray]:
+        """One item's links as (target ids, weights), strongest first."""
+        targets = self._link_targets[row]
+        used = targets != EMPTY
+        return [self.ids[t] for t in targets[used]], self._link_weights[row][used]
+
+    def add_links(
+        self, sources: np.ndarray, targets: np.ndarray, weights: np.ndarray
+    ) -> None:
+        """Merge summed links (source row -> target row) into the rows."""
+        if not len(sources) or not self.link_cap:
+            return
+        rows, position = np.unique(sources, return_inverse=True)
+        new_targets, new_weights = merge_rows(
+            self._link_targets[rows],
+            self._link_weights[rows],
+            position.ravel(),
+            targets,
+            weights,
+            lambda t: self._keys[t],
+        )
+        self._link_targets[rows] = new_targets
+        self._link_weights[rows] = new_weights
+        self.version += 1
 
     def rows(self, item_ids: list[str]) -> np.ndarray:
         """Row of each id, adding the ones not seen yet with their start vector."""
@@ -86,13 +147,15 @@ class ItemTable:
         self._vectors[row] = initial_factors(
             item_id, self.n_factors, self.init_scale, self.seed
         )
+        self._keys[row] = id_key(item_id)
         return row
 
     def _grow(self) -> None:
         capacity = 2 * len(self._vectors)
-        for name in ("_vectors", "_biases", "_counts"):
+        for name in _COLUMNS:
             old = getattr(self, name)
-            new = np.zeros((capacity, *old.shape[1:]), dtype=old.dtype)
+            fill = EMPTY if name == "_link_targets" else 0
+            new = np.full((capacity, *old.shape[1:]), fill, dtype=old.dtype)
             new[: len(old)] = old
             setattr(self, name, new)
 
@@ -102,6 +165,7 @@ class ItemTable:
         vector_steps: np.ndarray,
         bias_steps: np.ndarray,
         count_steps: np.ndarray,
+        accum_steps: np.ndarray | None = None,
     ) -> int:
         """Add steps to rows (rows unique); return how many rows were refused.
 
@@ -115,45 +179,121 @@ class ItemTable:
         self._vectors[good] = new_vectors[finite]
         self._biases[good] = new_biases[finite]
         self._counts[rows] += count_steps
+        self._log_counts[rows] = np.log1p(self._counts[rows])
+        if accum_steps is not None:
+            self._accums[good] += accum_steps[finite]
         self.version += 1
         return int((~finite).sum())
 
-    def put(self, item_id: str, vector: np.ndarray, bias: float, count: float) -> int:
+    def put(self, item_id: str, state: ItemState) -> int:
         """Overwrite one item's state (a replica applying its owner's update)."""
         row = self.index.get(item_id)
         if row is None:
             row = self._append(item_id)
-        self._vectors[row] = vector
-        self._biases[row] = bias
-        self._counts[row] = count
+        self._vectors[row] = state.vector
+        self._biases[row] = state.bias
+        self._counts[row] = state.count
+        self._log_counts[row] = np.log1p(state.count)
+        self._accums[row] = state.accum
+        if self.link_cap:
+            # targets not met yet join with their start state; their own
+            # record follows from their owner
+            n = min(len(state.link_ids), self.link_cap)
+            self._link_targets[row] = EMPTY
+            self._link_weights[row] = 0.0
+            self._link_targets[row, :n] = self.rows(state.link_ids[:n])
+            self._link_weights[row, :n] = state.link_weights[:n]
         self.version += 1
         return row
 
+    def state(self, row: int) -> ItemState:
+        """One item's whole state, as its owner stores it."""
+        link_ids, link_weights = self.links_of(row) if self.link_cap else ([], None)
+        return ItemState(
+            self._vectors[row].copy(),
+            float(self._biases[row]),
+            float(self._counts[row]),
+            float(self._accums[row]),
+            link_ids,
+            np.zeros(0, FLOAT) if link_weights is None else link_weights.copy(),
+        )
+
     def encode(self, row: int) -> bytes:
         """One item's state in the form :func:`encode_item` gives."""
-        return encode_item(self._vectors[row], self._biases[row], self._counts[row])
+        return encode_item(self.state(row))
 
     def decode_into(self, item_id: str, payload: bytes) -> int:
         """Store an item's state from :func:`encode_item` bytes."""
-        vector, bias, count = decode_item(payload, self.n_factors, item_id)
-        return self.put(item_id, vector, bias, count)
+        return self.put(item_id, decode_item(payload, self.n_factors, item_id))
 
 
-def encode_item(vector: np.ndarray, bias: float, count: float) -> bytes:
-    """An item's state as bytes: bias, count, then the factors (float32)."""
-    head = np.array([bias, count], dtype=FLOAT)
-    return head.tobytes() + np.asarray(vector, dtype=FLOAT).tobytes()
+_COLUMNS = (
+    "_vectors",
+    "_biases",
+    "_counts",
+    "_log_counts",
+    "_accums",
+    "_keys",
+    "_link_targets",
+    "_link_weights",
+)
 
 
-def decode_item(
-    payload: bytes, n_factors: int, item_id: str = "?"
-) -> tuple[np.ndarray, float, float]:
-    """Inverse of :func:`encode_item`; raises ValueError on a wrong length."""
-    values = np.frombuffer(payload, dtype=FLOAT)
-    if len(values) != n_factors + 2:
+@dataclass
+class ItemState:
+    """Everything an owner keeps about one item (its table record, decoded)."""
+
+    vector: np.ndarray  # float32 (n_factors,)
+    bias: float = 0.0
+    count: float = 0.0
+    accum: float = 0.0  # Adagrad's sum of squared gradients
+    link_ids: list[str] = field(default_factory=list)  # strongest first
+    link_weights: np.ndarray = field(default_factory=lambda: np.zeros(0, FLOAT))
+
+
+class _ItemRecord(msgspec.Struct, array_like=True):
+    factors: bytes  # float32
+    bias: float
+    count: float
+    accum: float = 0.0
+    link_ids: list[str] = msgspec.field(default_factory=list)
+    link_weights: bytes = b""  # float32, one per link id
+
+
+_record_encoder = msgspec.msgpack.Encoder()
+_record_decoder = msgspec.msgpack.Decoder(_ItemRecord)
+
+
+def encode_item(state: ItemState) -> bytes:
+    """An item's state as one msgpack record (factors and weights float32)."""
+    return _record_encoder.encode(
+        _ItemRecord(
+            np.asarray(state.vector, dtype=FLOAT).tobytes(),
+            float(state.bias),
+            float(state.count),
+            float(state.accum),
+            list(state.link_ids),
+            np.asarray(state.link_weights, dtype=FLOAT).tobytes(),
+        )
+    )
+
+
+def decode_item(payload: bytes, n_factors: int, item_id: str = "?") -> ItemState:
+    """Inverse of :func:`encode_item`; raises ValueError on a bad record."""
+    try:
+        record = _record_decoder.decode(payload)
+    except msgspec.DecodeError as exc:
+        raise ValueError(f"item {item_id!r}: not an item record ({exc})") from None
+    vector = np.frombuffer(record.factors, dtype=FLOAT)
+    weights = np.frombuffer(record.link_weights, dtype=FLOAT)
+    if len(vector) != n_factors:
         raise ValueError(
-            f"item {item_id!r} has {len(values) - 2} factors, expected "
+            f"item {item_id!r} has {len(vector)} factors, expected "
             f"{n_factors}; was the worker restarted with another "
             "STREAMREC_N_FACTORS over the same topics?"
         )
-    return values[2:], float(values[0]), float(values[1])
+    if len(weights) != len(record.link_ids):
+        raise ValueError(f"item {item_id!r}: link ids and weights differ in length")
+    return ItemState(
+        vector, record.bias, record.count, record.accum, record.link_ids, weights
+    )

@@ -10,7 +10,22 @@ items seen so far, under a weighted BPR loss (Rendle et al. 2009)::
 where ``w_e`` is the weight of the event's type (a purchase says more than a
 view). A micro-batch of events is learned in one vectorised step: every
 gradient is taken at the state from before the batch, clipped to a maximum
-norm, and the steps of one shopper or one item are summed.
+norm, and the steps of one shopper or one item are summed. With ``adagrad``
+each row (a shopper's or an item's factors and bias) scales its steps by
+``1 / sqrt(1 + G)``, ``G`` the sum of its squared step norms so far.
+Negatives are drawn uniformly from the items seen, and a share
+``popular_negatives`` of them from the positives of recent events (so a
+popular item is contrasted as often as it appears).
+
+A list blends three scores (``models/sequence.py`` has the second)::
+
+    s_uj = x_uj + seq_weight * sum_p recency^p * link(r_p -> j)
+                + pop_weight * h / (h + n_u) * log(1 + count_j)
+
+the factor score for long-term taste; the links from the shopper's latest
+distinct items ``r_0, r_1, ...`` for what they are doing now; and popularity,
+which counts most while the shopper's history ``n_u`` is short
+(``h = pop_history``).
 
 Shopper updates are applied here, to the profiles passed in. Item updates are
 returned as an :class:`ItemUpdate`, because on the worker an item belongs to
@@ -28,6 +43,12 @@ import numpy as np
 from models.events import Event
 from models.items import FLOAT, ItemTable
 from models.profiles import UserProfile
+from models.sequence import (
+    EMPTY,
+    add_sequence_scores,
+    batch_links,
+    latest_distinct,
+)
 
 # Shoppers scored per matrix product: bounds the (users x items) score matrix.
 _SCORE_CHUNK = 256
@@ -56,12 +77,30 @@ class MFConfig:
         default_factory=lambda: dict(DEFAULT_EVENT_WEIGHTS)
     )
     seed: int = 42
-    min_history: int = 3
+    min_history: int = 1
     exclude_viewed: bool = False
     recent_items: int = 20
     dedup_window_ms: int = 600_000
+    # --- chosen on the first half of each stream (docs/BENCHMARKS.md) ---
+    item_bias: bool = True
+    adagrad: bool = True
+    popular_negatives: float = 0.5
+    negative_memory: int = 4096
+    seq_weight: float = 1.0
+    seq_steps: int = 10
+    seq_sources: int = 10
+    seq_recency: float = 0.85
+    seq_backward: float = 0.75
+    link_cap: int = 300
+    pop_weight: float = 0.5
+    pop_history: float = 10.0
 
     def __post_init__(self) -> None:
+        if self.seq_steps > self.recent_items:
+            raise ValueError(
+                f"seq_steps ({self.seq_steps}) must not exceed recent_items "
+                f"({self.recent_items}): links come from the remembered items"
+            )
         weights = self.event_weights
         if not (
             weights["purchase"]
@@ -84,9 +123,13 @@ class ItemUpdate:
     vector_grads: np.ndarray  # (n, n_factors) float32
     bias_grads: np.ndarray  # (n,) float32
     counts: np.ndarray  # (n,) events per item in the batch
+    # the batch's links, summed per (source, target); owned by the source
+    link_sources: list[str] = field(default_factory=list)
+    link_targets: list[str] = field(default_factory=list)
+    link_weights: np.ndarray = field(default_factory=lambda: np.zeros(0, FLOAT))
 
     def __len__(self) -> int:
-        return len(self.item_ids)
+        return len(self.item_ids) + len(self.link_sources)
 
 
 @dataclass
@@ -208,11 +251,17 @@ class OnlineMF:
     def __init__(self, config: MFConfig, items: ItemTable | None = None) -> None:
         self.config = config
         self.items = items or ItemTable(
-            config.n_factors, init_scale=config.init_scale, seed=config.seed
+            config.n_factors,
+            init_scale=config.init_scale,
+            seed=config.seed,
+            link_cap=config.link_cap if config.seq_weight else 0,
         )
         self.rng = np.random.default_rng(config.seed)
         self.nonfinite_users = 0
         self.nonfinite_items = 0
+        # rows of recent positives, the popular share of the negatives
+        self._positives = np.zeros(max(1, config.negative_memory), np.int64)
+        self._positives_seen = 0
 
     def new_profile(self, user_id: str) -> UserProfile:
         c = self.config
@@ -238,34 +287,100 @@ class OnlineMF:
             (self.config.event_weights[e.event_type] for e in fresh), FLOAT
         )
         negative_rows = self._sample_negatives(len(fresh))
+        self._remember_positives(positive_rows)
         grads = self._gradients(
             user_matrix, event_users, positive_rows, negative_rows, weights
         )
         self._apply_user_steps(user_ids, user_matrix, event_users, grads[0], profiles)
         update = self._item_update(positive_rows, negative_rows, grads[1:])
+        if self.config.seq_weight:
+            self._add_links(update, fresh, positive_rows, profiles)
         self._remember(fresh, profiles)
         return BatchResult(len(fresh), len(events) - len(fresh), user_ids, update)
 
-    def item_steps(self, update: ItemUpdate) -> tuple[np.ndarray, np.ndarray]:
-        """The SGD steps of summed item gradients: what the owner adds.
+    def item_steps(
+        self, update: ItemUpdate, accums: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The steps of summed item gradients: what the owner adds to the
+        factors, the biases and (Adagrad) the rows' squared-step sums.
 
         Summed gradients are clipped again, so that a popular item touched by
         a whole batch moves by at most ``batch_clip`` times one event's step.
+        ``accums`` are the rows' sums so far (zeros when not given).
         """
         limit = self.config.grad_clip * self.config.batch_clip
+        vector_grads = clip_rows(update.vector_grads, limit)
+        bias_grads = np.clip(update.bias_grads, -limit, limit)
+        n = len(update.item_ids)
+        accums = np.zeros(n, FLOAT) if accums is None else accums
+        added, scale = self._row_scale(vector_grads, bias_grads, accums)
+        vector_steps = -scale[:, None] * vector_grads
+        bias_steps = -scale * bias_grads
+        return vector_steps.astype(FLOAT), bias_steps.astype(FLOAT), added
+
+    def _row_scale(
+        self, vector_grads: np.ndarray, bias_grads: np.ndarray, accums: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Per row: what Adagrad adds to its sum, and its step size."""
         lr = self.config.learning_rate
-        vector_steps = -lr * clip_rows(update.vector_grads, limit)
-        bias_steps = -lr * np.clip(update.bias_grads, -limit, limit)
-        return vector_steps.astype(FLOAT), bias_steps.astype(FLOAT)
+        if not self.config.adagrad:
+            n = len(vector_grads)
+            return np.zeros(n, FLOAT), np.full(n, lr, FLOAT)
+        added = ((vector_grads**2).sum(axis=1) + bias_grads**2).astype(FLOAT)
+        # 1 + G: the first steps are plain SGD's, later ones shrink
+        scale = lr / np.sqrt(1.0 + accums + added)
+        return added, scale.astype(FLOAT)
 
     def apply_item_update(self, update: ItemUpdate) -> None:
         """Apply item gradients to this model's own items (the owner's step)."""
         if not len(update):
             return
-        rows = self.items.rows(update.item_ids)
-        vector_steps, bias_steps = self.item_steps(update)
-        refused = self.items.apply(rows, vector_steps, bias_steps, update.counts)
-        self.nonfinite_items += refused
+        items = self.items
+        if update.item_ids:
+            rows = items.rows(update.item_ids)
+            vector_steps, bias_steps, added = self.item_steps(
+                update, items.accums[rows]
+            )
+            refused = items.apply(rows, vector_steps, bias_steps, update.counts, added)
+            self.nonfinite_items += refused
+        if update.link_sources:
+            items.add_links(
+                items.rows(update.link_sources),
+                items.rows(update.link_targets),
+                update.link_weights,
+            )
+
+    def _add_links(
+        self,
+        update: ItemUpdate,
+        events: list[Event],
+        positive_rows: np.ndarray,
+        profiles: MutableMapping[str, UserProfile],
+    ) -> None:
+        # each event links from what its shopper met before it: the profile's
+        # recent items, then the shopper's earlier events of this batch
+        c = self.config
+        histories: dict[str, list[int]] = {}
+        event_histories = []
+        for event, row in zip(events, positive_rows.tolist(), strict=True):
+            history = histories.get(event.user_id)
+            if history is None:
+                recent = profiles[event.user_id].recent[-c.seq_steps :]
+                history = histories[event.user_id] = self.items.rows(recent).tolist()
+            event_histories.append(history[-c.seq_steps :])
+            history.append(row)
+        weights = [1.0] * len(events)
+        sources, targets, amounts = batch_links(
+            event_histories,
+            positive_rows.tolist(),
+            weights,
+            c.seq_steps,
+            c.seq_backward,
+        )
+        ids = self.items.ids
+        update.link_sources = [ids[r] for r in sources.tolist()]
+        update.link_targets = [ids[r] for r in targets.tolist()]
+        update.link_weights = amounts
 
     def _drop_duplicates(
         self, events: Sequence[Event], profiles: MutableMapping[str, UserProfile]
@@ -289,13 +404,29 @@ class OnlineMF:
         # One shared pool of candidates per batch, each event drawing its
         # negatives from it: the batch then touches at most ``negative_pool``
         # negative items, which bounds the item updates sent to their owners.
-        n_items = len(self.items)
         n_negatives = self.config.n_negatives
         if n_events * n_negatives <= self.config.negative_pool:
-            return self.rng.integers(0, n_items, size=(n_events, n_negatives))
-        pool = self.rng.integers(0, n_items, size=self.config.negative_pool)
+            return self._draw_items((n_events, n_negatives))
+        pool = self._draw_items((self.config.negative_pool,))
         picks = self.rng.integers(0, len(pool), size=(n_events, n_negatives))
         return pool[picks]
+
+    def _draw_items(self, shape: tuple[int, ...]) -> np.ndarray:
+        """Uniform item rows, a ``popular_negatives`` share of them replaced
+        by rows of recent positives (popularity-proportional draws)."""
+        rows = self.rng.integers(0, len(self.items), size=shape)
+        share, filled = self.config.popular_negatives, self._positives_seen
+        if share > 0 and filled:
+            popular = self.rng.random(shape) < share
+            memory = self._positives[: min(filled, len(self._positives))]
+            rows[popular] = memory[self.rng.integers(0, len(memory), popular.sum())]
+        return rows
+
+    def _remember_positives(self, rows: np.ndarray) -> None:
+        size = len(self._positives)
+        at = (self._positives_seen + np.arange(len(rows))) % size
+        self._positives[at[-size:]] = rows[-size:]
+        self._positives_seen += len(rows)
 
     def _gradients(
         self,
@@ -306,24 +437,29 @@ class OnlineMF:
         weights: np.ndarray,
     ) -> tuple[np.ndarray, ...]:
         items = self.items
+        if not self.config.item_bias:
+            biases = np.zeros(len(items), FLOAT)
+        else:
+            biases = items.biases
         grads = bpr_gradients(
             user_matrix[event_users],
             items.vectors[positive_rows],
             items.vectors[negative_rows],
-            items.biases[positive_rows],
-            items.biases[negative_rows],
+            biases[positive_rows],
+            biases[negative_rows],
             weights,
             self.config.regularization,
             negative_mask=negative_rows != positive_rows[:, None],
         )
         # clip: one event may move a vector by at most learning_rate * grad_clip
         clip = self.config.grad_clip
+        bias_on = 1.0 if self.config.item_bias else 0.0  # off: biases stay 0
         return (
             clip_rows(grads[0], clip),
             clip_rows(grads[1], clip),
             clip_rows(grads[2], clip),
-            np.clip(grads[3], -clip, clip),
-            np.clip(grads[4], -clip, clip),
+            bias_on * np.clip(grads[3], -clip, clip),
+            bias_on * np.clip(grads[4], -clip, clip),
         )
 
     def _apply_user_steps(
@@ -336,12 +472,16 @@ class OnlineMF:
     ) -> None:
         steps = np.zeros_like(user_matrix)
         np.add.at(steps, event_users, user_grads)
-        updated = user_matrix - self.config.learning_rate * steps
+        accums = np.fromiter((profiles[u].accum for u in user_ids), FLOAT)
+        added, scale = self._row_scale(steps, np.zeros(len(steps), FLOAT), accums)
+        updated = user_matrix - scale[:, None] * steps
         finite = np.isfinite(updated).all(axis=1)
         self.nonfinite_users += int((~finite).sum())
         for row, user_id in enumerate(user_ids):
             if finite[row]:
-                profiles[user_id].factors = updated[row].astype(FLOAT).tobytes()
+                profile = profiles[user_id]
+                profile.factors = updated[row].astype(FLOAT).tobytes()
+                profile.accum = float(accums[row] + added[row])
 
     def _item_update(
         self,
@@ -427,6 +567,41 @@ class OnlineMF:
         counts = self.items.counts
         return np.lexsort((np.arange(len(counts)), -counts))
 
+    def scores(self, profiles: Sequence[UserProfile]) -> np.ndarray:
+        """The blended score of every item for each shopper (see the module
+        docstring), shape (shoppers, items)."""
+        c, items = self.config, self.items
+        users = np.stack([p.vector for p in profiles])
+        scores = users @ items.vectors.T
+        if c.item_bias:
+            scores += items.biases
+        if c.seq_weight and items.link_cap:
+            self._add_sequence_scores(scores, profiles)
+        if c.pop_weight:
+            history = np.fromiter((p.n_events for p in profiles), FLOAT)
+            share = c.pop_weight * c.pop_history / (c.pop_history + history)
+            scores += share[:, None] * items.log_counts
+        return scores
+
+    def _add_sequence_scores(
+        self, scores: np.ndarray, profiles: Sequence[UserProfile]
+    ) -> None:
+        c, items = self.config, self.items
+        sources = np.full((len(profiles), c.seq_sources), EMPTY, np.int64)
+        index = items.index
+        for n, profile in enumerate(profiles):
+            latest = latest_distinct(profile.recent, c.seq_sources)
+            rows = [index[i] for i in latest if i in index]
+            sources[n, : len(rows)] = rows
+        source_weights = c.seq_weight * c.seq_recency ** np.arange(c.seq_sources)
+        add_sequence_scores(
+            scores,
+            items.link_targets,
+            items.link_weights,
+            sources,
+            np.broadcast_to(source_weights.astype(FLOAT), sources.shape),
+        )
+
     def _hidden(self, profile: UserProfile) -> list[str]:
         return profile.items if self.config.exclude_viewed else profile.bought
 
@@ -434,8 +609,7 @@ class OnlineMF:
         self, profiles: list[UserProfile], user_ids: list[str], k: int
     ) -> list[Recommendation]:
         items = self.items
-        users = np.stack([p.vector for p in profiles])
-        scores = users @ items.vectors.T + items.biases
+        scores = self.scores(profiles)
 
         # exclude: hidden items score -inf, so they can only come last
         hidden = [items.known_rows(self._hidden(p)) for p in profiles]

@@ -32,6 +32,7 @@ class UserProfile(msgspec.Struct):
     bought: list[str] = msgspec.field(default_factory=list)
     event_ids: list[str] = msgspec.field(default_factory=list)  # for dedup
     event_times: list[int] = msgspec.field(default_factory=list)
+    accum: float = 0.0  # Adagrad's sum of squared gradients of the factors
 
     @classmethod
     def new(

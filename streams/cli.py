@@ -14,7 +14,9 @@ import os
 import sys
 from collections.abc import Sequence
 
+from config.security import kafka_client_options, sync_redis
 from config.settings import ConfigError, Settings, load_settings
+from streams.ops import add_operator_commands
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -92,9 +94,28 @@ def _parser() -> argparse.ArgumentParser:
 
     _add_evaluate(commands)
 
+    forget = commands.add_parser(
+        "forget",
+        help="remove shoppers everywhere: profile, Redis list, list topic",
+        description="Send a forget command per shopper on the control topic; "
+        "the worker owning each shopper deletes the profile (a tombstone in the "
+        "users changelog), the Redis list and the list on the recommendations "
+        "topic (a tombstone).",
+    )
+    forget.add_argument("users", nargs="+", help="user ids")
+    forget.add_argument(
+        "--wait",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="then wait up to S seconds for their Redis lists to be gone",
+    )
+    forget.set_defaults(run=_run_forget)
+
     show = commands.add_parser("show", help="print shoppers' lists from Redis")
     show.add_argument("users", nargs="+", help="user ids")
     show.set_defaults(run=_run_show)
+    add_operator_commands(commands)  # similar, trending, dead-letters
     return parser
 
 
@@ -123,6 +144,12 @@ def _add_evaluate(commands: argparse._SubParsersAction) -> None:
         help="micro-batch B: tests of a batch see the state before it (default 1)",
     )
     evaluate.add_argument("--limit", type=int, help="read only this many events")
+    evaluate.add_argument(
+        "--half",
+        choices=["first", "second"],
+        help="first: the stream's first half only (tune here); second: the "
+        "whole stream, tests of its second half only (confirm here)",
+    )
     evaluate.add_argument(
         "--fav-as",
         default="click",
@@ -189,6 +216,7 @@ def _run_produce(settings: Settings, args: argparse.Namespace) -> int:
             rate=args.rate,
             total=len(events),
             retime=args.retime,
+            client_options=kafka_client_options(settings),
         )
     )
     print(
@@ -212,6 +240,7 @@ def _run_generate(settings: Settings, args: argparse.Namespace) -> int:
             rate=args.rate,
             total=args.events,
             retime=True,
+            client_options=kafka_client_options(settings),
         )
     )
     print(
@@ -248,12 +277,39 @@ def _run_replay(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_show(settings: Settings, args: argparse.Namespace) -> int:
-    import redis
+def _run_forget(settings: Settings, args: argparse.Namespace) -> int:
+    import time
 
+    from streams.control import send_forget
+
+    asyncio.run(
+        send_forget(
+            args.users,
+            bootstrap=settings.kafka_bootstrap,
+            topic=settings.control_topic,
+            partitions=settings.partitions,
+            client_options=kafka_client_options(settings),
+        )
+    )
+    print(f"sent forget for {len(args.users)} shoppers to {settings.control_topic}")
+    if args.wait <= 0:
+        return 0
+    client = sync_redis(settings)
+    keys = [settings.key_prefix + user_id for user_id in args.users]
+    deadline = time.monotonic() + args.wait
+    while (left := client.exists(*keys)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if left:
+        print(f"{left} lists still in Redis after {args.wait:g} s", file=sys.stderr)
+        return 1
+    print("their lists are gone from Redis")
+    return 0
+
+
+def _run_show(settings: Settings, args: argparse.Namespace) -> int:
     from streams.publisher import decode_list
 
-    client = redis.Redis.from_url(settings.redis_url)
+    client = sync_redis(settings)
     missing = 0
     for user_id in args.users:
         payload = client.get(settings.key_prefix + user_id)

@@ -134,7 +134,12 @@ def write_json(path: str | Path, payload: dict[str, Any]) -> None:
 
 def run_evaluate(args: Any, config: Any) -> int:
     """The command: read, evaluate streamrec and popularity, report."""
-    from models.evaluation import StreamrecRecommender, encode
+    from models.evaluation import (
+        StreamrecRecommender,
+        encode,
+        first_half,
+        second_half,
+    )
     from producers.datasets import read_events_with_stats
 
     fav_as = None if args.fav_as == "drop" else args.fav_as
@@ -142,16 +147,22 @@ def run_evaluate(args: Any, config: Any) -> int:
         args.path, args.format, limit=args.limit, fav_as=fav_as
     )
     stream = encode(events)
+    half = getattr(args, "half", None)
+    if half == "first":
+        stream = first_half(stream)  # the second half is never read
     results = evaluate_systems(
         stream,
         [lambda: StreamrecRecommender(config), Popularity],
         batch_size=args.batch_size,
         progress=not args.no_progress,
     )
+    if half == "second":
+        results = [second_half(r, len(stream)) for r in results]
     print(
         f"{stats.path} ({stats.fmt}): {len(stream):,} events, "
         f"{len(stream.user_ids):,} users, {len(stream.item_ids):,} items; "
         f"micro-batch {args.batch_size}"
+        + (f"; tests of the {half} half" if half else "")
     )
     print(format_table(results))
     if args.json_out:
@@ -166,6 +177,7 @@ def run_evaluate(args: Any, config: Any) -> int:
                 "users": len(stream.user_ids),
                 "items": len(stream.item_ids),
                 "batch_size": args.batch_size,
+                "half": half,
                 "config": asdict(config),
                 "results": [r.summary() for r in results],
             },

@@ -29,17 +29,20 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 import faust
-import redis.asyncio as aioredis
 from faust.types import EventT, StreamT
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from config.security import async_redis, faust_broker_credentials, kafka_client_options
 from config.settings import Settings
 from models.events import Event, InvalidEvent, decode_event
 from models.items import decode_item, encode_item, initial_factors
+from models.live_quality import LiveHitRate
 from models.mf import MFConfig, OnlineMF, Recommendation
 from models.profiles import UserProfile, decode_profile, encode_profile
 from producers.kafka import ensure_topic
 from streams import faust_patches
+from streams.api import StreamrecApi
+from streams.control import decode_command
 from streams.metrics import WorkerMetrics
 from streams.owner import ItemState, apply_updates, split_by_owner
 from streams.publisher import ListPublisher, PublishedList
@@ -66,11 +69,30 @@ def mf_config(settings: Settings) -> MFConfig:
         exclude_viewed=settings.exclude_viewed,
         recent_items=settings.recent_items,
         dedup_window_ms=settings.dedup_window_s * 1000,
+        item_bias=settings.item_bias,
+        adagrad=settings.adagrad,
+        popular_negatives=settings.popular_negatives,
+        negative_memory=settings.negative_memory,
+        seq_weight=settings.seq_weight,
+        seq_steps=settings.seq_steps,
+        seq_sources=settings.seq_sources,
+        seq_recency=settings.seq_recency,
+        seq_backward=settings.seq_backward,
+        link_cap=settings.link_cap,
+        pop_weight=settings.pop_weight,
+        pop_history=settings.pop_history,
     )
 
 
+# The live quality gauge: HR@20 over the last 10,000 test events.
+LIVE_K = 20
+LIVE_WINDOW = 10_000
+
 # How long the item owner gathers update messages before applying them.
 OWNER_WINDOW_S = 0.1
+# Longest dead-letter value kept whole: under the broker's default 1 MiB
+# message.max.bytes with room for the headers.
+MAX_DEAD_LETTER_BYTES = 900_000
 
 
 def die(reason: str) -> NoReturn:
@@ -86,6 +108,19 @@ def die(reason: str) -> NoReturn:
     os._exit(70)
 
 
+def _runs(batch: Sequence[EventT], control_topic: str) -> list[tuple[int, int, bool]]:
+    """Split a batch into runs of events and of commands: (start, end, is_control)."""
+    runs: list[tuple[int, int, bool]] = []
+    start = 0
+    for index in range(1, len(batch) + 1):
+        at_end = index == len(batch)
+        is_control = batch[start].message.topic == control_topic
+        if at_end or (batch[index].message.topic == control_topic) != is_control:
+            runs.append((start, index, is_control))
+            start = index
+    return runs
+
+
 class StreamrecWorker:
     """The Faust app with its topics, tables, agents and model."""
 
@@ -95,6 +130,7 @@ class StreamrecWorker:
         self.settings = settings
         self.metrics = WorkerMetrics(registry)
         self.model = OnlineMF(mf_config(settings))
+        self.live = LiveHitRate(k=min(LIVE_K, settings.top_k), window=LIVE_WINDOW)
         self.app = self._make_app()
         self._declare_streams()
         self.replica = ItemReplica(
@@ -103,12 +139,15 @@ class StreamrecWorker:
             topic=self.items_table.changelog_topic.get_topic_name(),
             partitions=settings.partitions,
             metrics=self.metrics,
+            client_options=kafka_client_options(settings),
         )
         # one sink per agent: a flush then covers exactly that agent's batch
-        self.sink = KafkaSink(settings.kafka_bootstrap)
-        self.owner_sink = KafkaSink(settings.kafka_bootstrap)
+        self.sink = KafkaSink(settings.kafka_bootstrap, kafka_client_options(settings))
+        self.owner_sink = KafkaSink(
+            settings.kafka_bootstrap, kafka_client_options(settings)
+        )
         self.publisher = ListPublisher(
-            aioredis.from_url(settings.redis_url),
+            async_redis(settings),
             self.sink,
             topic=settings.recommendations_topic,
             partitions=settings.partitions,
@@ -118,6 +157,9 @@ class StreamrecWorker:
         )
         self.app.task(self._run_replica)
         self.app.page("/metrics")(self._metrics_view())
+        # the HTTP API, the trending table and the lag probe (streams/api.py)
+        self.api = StreamrecApi(self)
+        self.api.register(self.app)
 
     async def create_topics(self) -> None:
         """Create the worker's topics when missing, with ``partitions`` each."""
@@ -127,8 +169,14 @@ class StreamrecWorker:
             s.item_updates_topic,
             s.recommendations_topic,
             s.dead_letter_topic,
+            s.control_topic,
         ):
-            await ensure_topic(s.kafka_bootstrap, topic, s.partitions)
+            await ensure_topic(
+                s.kafka_bootstrap,
+                topic,
+                s.partitions,
+                client_options=kafka_client_options(s),
+            )
 
     # --- wiring -------------------------------------------------------------
 
@@ -138,6 +186,7 @@ class StreamrecWorker:
         return faust.App(
             s.app_id,
             broker=[f"kafka://{server}" for server in s.kafka_bootstrap.split(",")],
+            broker_credentials=faust_broker_credentials(s),
             # memory stores, rebuilt from the changelogs at start; see
             # docs/ARCHITECTURE.md, "Known limits", for why not RocksDB
             store="memory://",
@@ -148,12 +197,22 @@ class StreamrecWorker:
             table_standby_replicas=0,
             consumer_auto_offset_reset="earliest",
             broker_commit_interval=1.0,
+            # Faust's 60 s default kept a SIGKILLed worker's partitions
+            # unassigned for a minute: the group waits that long for it.
+            broker_session_timeout=s.session_timeout_s,
+            broker_heartbeat_interval=min(3.0, s.session_timeout_s / 3),
             producer_linger=0.005,
             stream_buffer_maxsize=max(4096, 2 * s.batch_max),
             web_enabled=True,
             web_bind=s.web_bind,
             web_host="127.0.0.1",
             web_port=s.web_port,
+            # Faust's own pages would expose every table's contents and its
+            # internals; the worker serves only its API and /metrics.
+            web_router_enabled=False,
+            web_tables_enabled=False,
+            web_stats_enabled=False,
+            web_graph_enabled=False,
         )
 
     def _declare_streams(self) -> None:
@@ -188,7 +247,19 @@ class StreamrecWorker:
 
         self.users_table = table("users")
         self.items_table = table("items")
-        app.agent(self.events_topic, name="learn", concurrency=1)(self._learn)
+        # The learner takes the control topic too: a forget then runs between
+        # two batches, never beside one learning the same shopper, and the
+        # assignor gives partition p of both topics to the same worker.
+        self.learn_topic = app.topic(
+            s.events_topic,
+            s.control_topic,
+            key_type=bytes,
+            value_type=bytes,
+            key_serializer="raw",
+            value_serializer="raw",
+            partitions=s.partitions,
+        )
+        app.agent(self.learn_topic, name="learn", concurrency=1)(self._learn)
         app.agent(self.item_updates_topic, name="own_items", concurrency=1)(
             self._own_items
         )
@@ -221,9 +292,14 @@ class StreamrecWorker:
                 self.settings.batch_max, within=self.settings.batch_within_s
             ):
                 try:
-                    await self.process(batch)
+                    await self._handle(batch)
                 except Exception:
                     die("learning a batch failed")
+                except asyncio.CancelledError:
+                    # take_events acks a batch even when cancelled; exiting
+                    # here keeps a half-done batch (lists waiting for Redis,
+                    # records not flushed) from being committed at shutdown.
+                    die("stopped in the middle of a batch")
         finally:
             await self.sink.stop()
             await self.publisher.close()
@@ -236,14 +312,73 @@ class StreamrecWorker:
         except TimeoutError:
             log.warning("replica not caught up after 60 s; starting anyway")
 
+    async def _handle(self, batch: Sequence[EventT]) -> None:
+        """Learn the batch's events and run its commands, in arrival order."""
+        control_topic = self.settings.control_topic
+        done = 0
+        for start, end, is_control in _runs(batch, control_topic):
+            if not is_control:
+                await self.process(batch[start:end])
+                continue
+            # Commit what came before, so that no event learned before the
+            # forget can be redelivered after it and bring the shopper back.
+            await self._commit_through(batch[done:start])
+            await self.run_commands(batch[start:end])
+            done = end
+
+    async def _commit_through(self, records: Sequence[EventT]) -> None:
+        for record in records:
+            record.ack()  # take_events acks them again later: a no-op
+        for _ in range(3):
+            # False when it only waited for a commit already under way
+            if await self.app.consumer.commit():
+                return
+        log.warning("could not commit before a control command")
+
+    async def run_commands(self, records: Sequence[EventT]) -> None:
+        """Apply control commands (forget) and flush their effects."""
+        forget: list[str] = []
+        for record in records:
+            try:
+                command = decode_command(
+                    record.value, max_id_length=self.settings.max_id_length
+                )
+            except InvalidEvent as exc:
+                self._dead_letter(record, exc)
+                continue
+            forget.append(command.user_id)
+        await self.forget(list(dict.fromkeys(forget)))
+        await self.sink.flush()
+
+    async def forget(self, user_ids: list[str]) -> None:
+        """Remove shoppers everywhere: table (tombstone), Redis, list topic."""
+        if not user_ids:
+            return
+        topic = self.users_table.changelog_topic.get_topic_name()
+        for user_id in user_ids:
+            raw_key = user_id.encode()
+            self.users_table.data.pop(raw_key, None)
+            self.live.forget(user_id)  # the last list it was shown
+            partition = partition_of(raw_key, self.settings.partitions)
+            self.sink.add(topic, partition, raw_key, None)
+        await self.publisher.forget(user_ids)
+        self.metrics.shoppers_forgotten.inc(len(user_ids))
+        self.metrics.users_known.set(len(self.users_table))
+        # counts only: user ids are personal data and stay out of the logs
+        log.info("forgot shoppers: n=%d", len(user_ids))
+
     async def process(self, batch: Sequence[EventT]) -> None:
         """Learn one micro-batch and publish the lists it changed."""
         self.metrics.batch_size.observe(len(batch))
         events, causes = self._decode(batch)
         if not events:
+            # only dead letters: they too must reach Kafka before the batch
+            # is acknowledged, or a crash after the commit would lose them
+            await self.sink.flush()
             return
         started = time.perf_counter()
         profiles = self._load_profiles(events)
+        self._check_live(events, profiles)  # before learning changes them
         result = self.model.learn_batch(events, profiles)
         for user_id in result.users:
             value = encode_profile(profiles[user_id])
@@ -269,6 +404,18 @@ class StreamrecWorker:
         )
         await self.sink.flush()
         self.metrics.publish_seconds.observe(time.perf_counter() - started)
+        for rec in lists:
+            self.live.shown(rec.user_id, rec.items)
+
+    def _check_live(
+        self, events: list[Event], profiles: dict[str, UserProfile]
+    ) -> None:
+        checked = self.live.check(events, profiles)
+        self.metrics.live_tests.inc(checked.tests)
+        self.metrics.live_hits.inc(checked.hits)
+        self.metrics.live_untested.inc(checked.untested)
+        if self.live.value is not None:
+            self.metrics.live_hit_rate.set(self.live.value)
 
     def _store(
         self, table: faust.Table, key: str, value: bytes, sink: KafkaSink
@@ -311,19 +458,27 @@ class StreamrecWorker:
     def _dead_letter(self, record: EventT, error: InvalidEvent) -> None:
         message = record.message
         self.metrics.events_invalid.labels(error.reason).inc()
+        value = message.value
+        headers = [
+            ("reason", error.reason.encode()),
+            ("detail", error.detail[:1000].encode()),
+            (
+                "source",
+                f"{message.topic}/{message.partition}/{message.offset}".encode(),
+            ),
+        ]
+        if value is not None and len(value) > MAX_DEAD_LETTER_BYTES:
+            # A message near the broker's size limit would exceed it with our
+            # headers, and a refused write makes the worker exit: keep a
+            # prefix and say how long the original was.
+            headers.append(("truncated_from", str(len(value)).encode()))
+            value = value[:MAX_DEAD_LETTER_BYTES]
         self.sink.add(
             self.settings.dead_letter_topic,
             message.partition,
             message.key,
-            message.value,
-            [
-                ("reason", error.reason.encode()),
-                ("detail", error.detail[:1000].encode()),
-                (
-                    "source",
-                    f"{message.topic}/{message.partition}/{message.offset}".encode(),
-                ),
-            ],
+            value,
+            headers,
         )
 
     def _load_profiles(self, events: list[Event]) -> dict[str, UserProfile]:
@@ -372,8 +527,8 @@ class StreamrecWorker:
     def apply_item_updates(self, payloads: list[bytes]) -> None:
         """Apply ``item-updates`` messages to the items this worker owns."""
         items, refused = apply_updates(self.model, payloads, self._owned_item)
-        for item_id, (vector, bias, count) in items.items():
-            value = encode_item(vector, bias, count)
+        for item_id, state in items.items():
+            value = encode_item(state)
             self._store(self.items_table, item_id, value, self.owner_sink)
         self.metrics.item_updates.inc(len(items))
         self.metrics.nonfinite.labels("item").inc(refused)
@@ -383,5 +538,5 @@ class StreamrecWorker:
         if payload is None:
             s = self.settings
             vector = initial_factors(item_id, s.n_factors, s.init_scale, s.seed)
-            return vector, 0.0, 0.0
+            return ItemState(vector)
         return decode_item(payload, self.settings.n_factors, item_id)

@@ -8,6 +8,8 @@ import subprocess
 import time
 from collections import Counter, defaultdict
 
+import pytest
+
 from models.events import Event, encode_event
 from producers.kafka import produce_events, produce_raw
 from producers.synthetic import SyntheticShop
@@ -77,6 +79,27 @@ def test_events_become_lists_in_redis_and_on_the_topic(namespace: Namespace) -> 
         assert listed.scores == sorted(listed.scores, reverse=True)
         assert not bought[user] & set(listed.items)
     assert elapsed < 60
+
+    # the live HR@20: every first meeting of a known shopper and an item was
+    # checked against a shown list or counted as untested, and the gauge is
+    # the hit rate of those checks (fewer than its 10,000-test window here)
+    metrics = worker.metrics()
+    tests = metrics["streamrec_live_tests_total"]
+    assert tests + metrics["streamrec_live_untested_total"] == protocol_tests(events)
+    assert tests > 0
+    hit_rate = metrics["streamrec_live_hits_total"] / tests
+    assert metrics["streamrec_live_hit_rate_20"] == pytest.approx(hit_rate)
+
+
+def protocol_tests(events: list[Event]) -> int:
+    """Events that ../shared/EVALUATION.md makes tests (per shopper, in order)."""
+    met: dict[str, set[str]] = defaultdict(set)
+    tests = 0
+    for e in events:
+        if met[e.user_id] and e.item_id not in met[e.user_id]:
+            tests += 1
+        met[e.user_id].add(e.item_id)
+    return tests
 
 
 def test_bad_events_go_to_the_dead_letter_topic_and_good_ones_flow(

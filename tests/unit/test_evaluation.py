@@ -428,7 +428,7 @@ def test_streamrec_lists_are_its_own_scores_ranked_under_the_protocols_exclusion
 
     items = model.replayer.model.items
     profile = model.replayer.profiles[stream.user_ids[user]]
-    scores = profile.vector @ items.vectors.T + items.biases
+    scores = model.replayer.model.scores([profile])[0]
     scores[[items.index[stream.item_ids[i]] for i in before]] = -np.inf
     expected = [items.ids[r] for r in np.argsort(-scores, kind="stable")[:n]]
     assert len(before) > 2 * 2  # more than the first ask when n = 2

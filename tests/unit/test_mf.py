@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from models.events import Event
+from models.items import ItemState
 from models.mf import (
     DEFAULT_EVENT_WEIGHTS,
     ItemUpdate,
@@ -28,6 +29,18 @@ def make_event(
     event_id: str, user_id: str, item_id: str, kind: str = "view", at: int = 0
 ) -> Event:
     return Event(event_id, user_id, item_id, kind, START_MS + at)
+
+
+def factors_only(**settings: object) -> MFConfig:
+    """Plain SGD matrix factorization: the sequence part, the popularity
+    blend, Adagrad and popular negatives switched off."""
+    plain = {
+        "seq_weight": 0.0,
+        "pop_weight": 0.0,
+        "adagrad": False,
+        "popular_negatives": 0.0,
+    }
+    return MFConfig(**{**plain, **settings})  # type: ignore[arg-type]
 
 
 def learn(model: OnlineMF, events: list[Event], profiles: dict[str, UserProfile]):
@@ -112,7 +125,9 @@ def test_clip_rows_scales_long_rows_to_the_limit_and_keeps_short_rows():
 
 
 def test_item_steps_of_a_batch_are_clipped_to_grad_clip_times_batch_clip():
-    config = MFConfig(n_factors=3, learning_rate=0.5, grad_clip=2.0, batch_clip=3.0)
+    config = MFConfig(
+        n_factors=3, learning_rate=0.5, grad_clip=2.0, batch_clip=3.0, adagrad=False
+    )
     model = OnlineMF(config)
     update = ItemUpdate(
         ["a", "b"],
@@ -121,7 +136,7 @@ def test_item_steps_of_a_batch_are_clipped_to_grad_clip_times_batch_clip():
         np.array([1.0, 1.0], np.float32),
     )
 
-    vector_steps, bias_steps = model.item_steps(update)
+    vector_steps, bias_steps, _ = model.item_steps(update)
 
     np.testing.assert_allclose(vector_steps[0], [-3.0, 0.0, 0.0], rtol=1e-6)
     np.testing.assert_allclose(vector_steps[1], [-0.05, 0.0, 0.0], rtol=1e-6)
@@ -261,7 +276,7 @@ def test_a_nan_item_in_the_table_does_not_poison_the_shopper():
     model = OnlineMF(MFConfig(n_factors=3, n_negatives=1))
     profiles: dict[str, UserProfile] = {}
     learn(model, [make_event("e1", "u1", "good")], profiles)
-    model.items.put("bad", np.full(3, np.nan, np.float32), 0.0, 1.0)
+    model.items.put("bad", ItemState(np.full(3, np.nan, np.float32), 0.0, 1.0))
     before = profiles["u1"].factors
 
     with np.errstate(all="ignore"):
@@ -421,9 +436,9 @@ def test_planted_preferences_beat_the_popularity_baseline():
 @pytest.mark.parametrize("batch_size", [1, 50])
 def test_learning_improves_over_the_start_with_any_batch_size(batch_size):
     events = planted_world(7, epochs=3)
-    start = train(events, MFConfig(n_factors=8, learning_rate=0.0, seed=7), 50)
+    start = train(events, factors_only(n_factors=8, learning_rate=0.0, seed=7), 50)
     learned = train(
-        events, MFConfig(n_factors=8, learning_rate=0.1, seed=7), batch_size
+        events, factors_only(n_factors=8, learning_rate=0.1, seed=7), batch_size
     )
 
     start_auc, learned_auc = own_block_auc(start), own_block_auc(learned)

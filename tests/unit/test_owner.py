@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from models.events import Event
-from models.items import initial_factors
+from models.items import ItemState, initial_factors
 from models.mf import MFConfig, OnlineMF
 from streams.owner import apply_updates, decode_update, split_by_owner
 from streams.sink import partition_of
@@ -39,12 +39,12 @@ def test_owners_reach_the_factors_the_in_process_model_reaches() -> None:
     config = MFConfig(n_factors=4, seed=3)
     in_process = OnlineMF(config)
     learner = OnlineMF(config)
-    owned: dict[str, tuple[np.ndarray, float, float]] = {}
+    owned: dict[str, ItemState] = {}
 
-    def load(item_id: str) -> tuple[np.ndarray, float, float]:
+    def load(item_id: str) -> ItemState:
         if item_id in owned:
             return owned[item_id]
-        return initial_factors(item_id, 4, config.init_scale, config.seed), 0.0, 0.0
+        return ItemState(initial_factors(item_id, 4, config.init_scale, config.seed))
 
     for _ in range(3):
         update = learned_update(in_process, {})
@@ -54,11 +54,13 @@ def test_owners_reach_the_factors_the_in_process_model_reaches() -> None:
         owned.update(new_states)
         assert refused == 0
 
-    for item_id, (vector, bias, count) in owned.items():
+    for item_id, state in owned.items():
         row = in_process.items.index[item_id]
-        np.testing.assert_allclose(vector, in_process.items.vectors[row], rtol=1e-5)
-        assert np.isclose(bias, in_process.items.biases[row], rtol=1e-5)
-        assert count == in_process.items.counts[row]
+        items = in_process.items
+        np.testing.assert_allclose(state.vector, items.vectors[row], rtol=1e-5)
+        assert np.isclose(state.bias, items.biases[row], rtol=1e-5)
+        assert state.count == items.counts[row]
+        assert np.isclose(state.accum, items.accums[row], rtol=1e-5)
 
 
 def test_a_non_finite_step_is_refused_and_counted() -> None:
@@ -69,8 +71,8 @@ def test_a_non_finite_step_is_refused_and_counted() -> None:
     payloads = [payload for _, payload in split_by_owner(update, 1)]
 
     states, refused = apply_updates(
-        model, payloads, lambda i: (np.zeros(4, np.float32), 0.0, 0.0)
+        model, payloads, lambda i: ItemState(np.zeros(4, np.float32))
     )
 
     assert refused == 1
-    assert all(np.isfinite(v).all() for v, _, _ in states.values())
+    assert all(np.isfinite(s.vector).all() for s in states.values())
