@@ -369,6 +369,8 @@ class OnlineMF:
                 history = histories[event.user_id] = self.items.rows(recent).tolist()
             event_histories.append(history[-c.seq_steps :])
             history.append(row)
+        # Every event type links alike, as sequential rules count them; weighing
+        # links by event type was not tried (#3).
         weights = [1.0] * len(events)
         sources, targets, amounts = batch_links(
             event_histories,

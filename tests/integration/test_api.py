@@ -251,7 +251,7 @@ def test_similar_items_follow_the_factors(namespace: Namespace) -> None:
             event_type="view",
             timestamp=now,
         )
-        for i in range(1500)
+        for i in range(3000)
         for item in (anchor, "partner")
     ]
     produce(namespace, together)
