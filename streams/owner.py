@@ -137,6 +137,9 @@ def _merge_links(
 ) -> None:
     """Merge one message's links into its source items' rows, as
     :meth:`models.items.ItemTable.add_links` does in-process."""
+    # Python per message: an owner batch of 1,000 messages holds the event
+    # loop for about a second under load, a pause in every list (#3: merge
+    # a whole batch's links at once; docs/BENCHMARKS.md has the profile).
     sources = list(dict.fromkeys(update.link_sources))
     states = [state_of(item_id) for item_id in sources]
     # number every target id met here; ties are broken by id_key, as in-process
