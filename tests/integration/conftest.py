@@ -104,10 +104,9 @@ class Namespace:
         return list(self.redis.scan_iter(match=self.settings.key_prefix + "*"))
 
 
-@pytest.fixture
-def namespace(base_settings: Settings, tmp_path: Path) -> Iterator[Namespace]:
-    tag = uuid.uuid4().hex[:10]
-    overrides = {
+def namespace_overrides(tag: str, bootstrap: str, redis_url: str) -> dict[str, str]:
+    """Settings giving one test its own app id, topics and Redis prefix."""
+    return {
         "STREAMREC_APP_ID": f"test-{tag}",
         "STREAMREC_EVENTS_TOPIC": f"events-{tag}",
         "STREAMREC_RECOMMENDATIONS_TOPIC": f"recommendations-{tag}",
@@ -115,9 +114,17 @@ def namespace(base_settings: Settings, tmp_path: Path) -> Iterator[Namespace]:
         "STREAMREC_ITEM_UPDATES_TOPIC": f"item-updates-{tag}",
         "STREAMREC_CONTROL_TOPIC": f"control-{tag}",
         "STREAMREC_KEY_PREFIX": f"rec:{tag}:",
-        "STREAMREC_KAFKA_BOOTSTRAP": base_settings.kafka_bootstrap,
-        "STREAMREC_REDIS_URL": base_settings.redis_url,
+        "STREAMREC_KAFKA_BOOTSTRAP": bootstrap,
+        "STREAMREC_REDIS_URL": redis_url,
     }
+
+
+@pytest.fixture
+def namespace(base_settings: Settings, tmp_path: Path) -> Iterator[Namespace]:
+    tag = uuid.uuid4().hex[:10]
+    overrides = namespace_overrides(
+        tag, base_settings.kafka_bootstrap, base_settings.redis_url
+    )
     env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMREC_")}
     env.update(overrides)
     settings = Settings(

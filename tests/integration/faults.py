@@ -41,6 +41,7 @@ from tests.integration.conftest import (
     WorkerProcess,
     consume_all,
     free_port,
+    namespace_overrides,
 )
 
 SERVICES = ROOT / "scripts" / "services.sh"
@@ -143,21 +144,6 @@ class PrivateNamespace(Namespace):
     def close(self) -> None:
         for worker in self.workers:
             worker.stop()
-
-
-def namespace_overrides(tag: str, bootstrap: str, redis_url: str) -> dict[str, str]:
-    """Settings giving one test its own app id, topics and Redis prefix."""
-    return {
-        "STREAMREC_APP_ID": f"test-{tag}",
-        "STREAMREC_EVENTS_TOPIC": f"events-{tag}",
-        "STREAMREC_RECOMMENDATIONS_TOPIC": f"recommendations-{tag}",
-        "STREAMREC_DEAD_LETTER_TOPIC": f"dead-letter-{tag}",
-        "STREAMREC_ITEM_UPDATES_TOPIC": f"item-updates-{tag}",
-        "STREAMREC_CONTROL_TOPIC": f"control-{tag}",
-        "STREAMREC_KEY_PREFIX": f"rec:{tag}:",
-        "STREAMREC_KAFKA_BOOTSTRAP": bootstrap,
-        "STREAMREC_REDIS_URL": redis_url,
-    }
 
 
 # --- producing through faults --------------------------------------------------------
