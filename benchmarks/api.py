@@ -20,9 +20,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import csv
+import io
 import os
 import random
-import signal
+import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -32,8 +35,8 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import (
+    REPO_ROOT,
     BenchmarkError,
-    ServicesUnavailable,
     WorkerProcess,
     check_services,
     count_redis_keys,
@@ -43,12 +46,13 @@ from benchmarks.common import (
     histogram_quantile,
     http_get,
     machine_notes,
+    run_with_services,
     scrape,
     stop_all_workers,
     summary,
     unique_run_id,
 )
-from config.settings import ConfigError, Settings, load_settings
+from config.settings import Settings
 
 TARGET_P99_S = 0.005
 TARGET_RATE = 1000.0
@@ -170,11 +174,116 @@ async def _response(reader: asyncio.StreamReader) -> str:
     return status
 
 
+# --- vegeta, the load tool ------------------------------------------------------------
+
+# vegeta (github.com/tsenart/vegeta) attacks at a constant rate whatever the
+# answers do, the open loop this benchmark wants, from compiled Go: at
+# 1,000 requests/s it uses a few percent of a core, where the Python generator
+# above needed most of one and sent a fifth of its requests late on 2 cores.
+# It is installed from the Go module proxy into .run/tools on first use.
+VEGETA_MODULE = "github.com/tsenart/vegeta/v12@v12.12.0"
+TOOLS_BIN = REPO_ROOT / ".run" / "tools" / "bin"
+
+
+def vegeta_path() -> Path:
+    """The vegeta binary, built with ``go install`` when it is not there yet."""
+    binary = TOOLS_BIN / "vegeta"
+    if binary.exists():
+        return binary
+    if shutil.which("go") is None:
+        raise BenchmarkError(
+            "vegeta is not installed and there is no Go toolchain to build it; "
+            "install Go, or run with --load-tool python"
+        )
+    note(f"installing {VEGETA_MODULE} into {TOOLS_BIN}")
+    TOOLS_BIN.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "GOBIN": str(TOOLS_BIN), "GOFLAGS": "-modcacherw"}
+    done = subprocess.run(
+        ["go", "install", VEGETA_MODULE],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    if done.returncode or not binary.exists():
+        raise BenchmarkError(f"go install {VEGETA_MODULE} failed:\n{done.stderr}")
+    return binary
+
+
+async def drive_vegeta(
+    host: str,
+    port: int,
+    paths: list[str],
+    rate: float,
+    seconds: float,
+    connections: int,
+    timeout_s: float,
+) -> LoadResult:
+    """The same open-loop run as :func:`drive`, sent by vegeta."""
+    binary = vegeta_path()
+    with tempfile.TemporaryDirectory(prefix="streamrec-vegeta-") as folder:
+        targets = Path(folder) / "targets.txt"
+        targets.write_text(
+            "".join(f"GET http://{host}:{port}{path}\n" for path in paths)
+        )
+        attack = [
+            str(binary),
+            "attack",
+            f"-targets={targets}",
+            f"-rate={rate:g}/1s",
+            f"-duration={seconds:g}s",
+            f"-connections={connections}",
+            f"-workers={connections}",
+            f"-timeout={timeout_s:g}s",
+            "-keepalive=true",
+        ]
+        encode = [str(binary), "encode", "--to=csv"]
+        started = time.perf_counter()
+        attacker = await asyncio.create_subprocess_exec(
+            *attack, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+        )
+        raw, errors = await attacker.communicate()
+        elapsed = time.perf_counter() - started
+        if attacker.returncode:
+            raise BenchmarkError(f"vegeta attack failed: {errors.decode()[-2000:]}")
+        encoder = await asyncio.create_subprocess_exec(
+            *encode, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE
+        )
+        rows, _ = await encoder.communicate(raw)
+    return _vegeta_result(rows.decode(), rate, elapsed)
+
+
+def _vegeta_result(csv_text: str, rate: float, elapsed: float) -> LoadResult:
+    """Per-request rows of ``vegeta encode --to=csv``: send time (ns), status,
+    latency (ns), ... Latency counts from the send, which vegeta's pacer
+    makes at the due time; a send over 1 ms after ``first + n / rate`` is
+    counted late, as the Python generator counts it."""
+    result = LoadResult(seconds=elapsed)
+    sends = []
+    for row in csv.reader(io.StringIO(csv_text)):
+        status, latency = row[1], int(row[2]) / 1e9
+        sends.append(int(row[0]) / 1e9)
+        result.statuses[status if status != "0" else "error"] += 1
+        if status == "200":
+            result.latencies.append(latency)
+            result.service.append(latency)
+    sends.sort()
+    if sends:
+        result.late_sends = sum(
+            1 for n, sent in enumerate(sends) if sent - sends[0] - n / rate > 0.001
+        )
+    return result
+
+
 # --- the run ------------------------------------------------------------------------
 
 
 def worker_env(
-    settings: Settings, prefix: str, port: int, data_dir: Path
+    settings: Settings,
+    prefix: str,
+    port: int,
+    data_dir: Path,
+    web_in_thread: bool = True,
 ) -> dict[str, str]:
     """The worker's environment: this run's names on the caller's services."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMREC_")}
@@ -192,6 +301,7 @@ def worker_env(
             "STREAMREC_WEB_PORT": str(port),
             "STREAMREC_WEB_BIND": HOST,
             "STREAMREC_DATA_DIR": str(data_dir),
+            "STREAMREC_WEB_IN_THREAD": "true" if web_in_thread else "false",
             "OPENBLAS_NUM_THREADS": "1",
         }
     )
@@ -242,7 +352,7 @@ async def run_benchmark(args: argparse.Namespace, settings: Settings) -> dict[st
     prefix = f"bench-{unique_run_id()}-api"
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="streamrec-api-"))
     port = free_port()
-    env = worker_env(settings, prefix, port, workdir / "worker")
+    env = worker_env(settings, prefix, port, workdir / "worker", args.web_in_thread)
     base = f"http://{HOST}:{port}"
     result: dict[str, Any] = {"benchmark": "api", "run": prefix, "errors": {}}
     worker = WorkerProcess(
@@ -306,8 +416,10 @@ async def _measure(
     paths = [f"/recommendations/{rng.choice(users)}?k={args.k}" for _ in range(5000)]
     base = f"http://{HOST}:{port}"
 
+    driver = drive_vegeta if args.load_tool == "vegeta" else drive
+
     def load(seconds: float) -> Any:
-        return drive(
+        return driver(
             HOST,
             port,
             paths,
@@ -338,6 +450,8 @@ async def _measure(
         "service_s": summary(measured.service),
         "server_s": _server_quantiles(before, after),
         "events_rate": args.events_rate,
+        "load_tool": args.load_tool,
+        "web_in_thread": args.web_in_thread,
         "niceness": args.nice,
         "met": bool(
             answered and latency["p99"] <= TARGET_P99_S and args.rate >= TARGET_RATE
@@ -399,10 +513,12 @@ def render(result: dict[str, Any]) -> str:
     met = "met" if result["met"] else "missed"
     return "\n".join(
         [
-            f"list endpoint, GET /recommendations/{{user_id}} on {HOST}, open loop",
+            f"list endpoint, GET /recommendations/{{user_id}} on {HOST}, open loop "
+            f"({result['load_tool']})",
             f"  asked      {result['rate_asked']:,.0f} requests/s for "
             f"{result['seconds']:.1f} s; events streaming at "
-            f"{result['events_rate']:,.0f}/s",
+            f"{result['events_rate']:,.0f}/s; served from the "
+            + ("web thread" if result["web_in_thread"] else "main loop"),
             f"  answered   {result['requests_per_s']:,.0f} requests/s "
             f"(statuses {result['statuses']}; "
             f"{result['late_sends']:,} sent over 1 ms late)",
@@ -437,6 +553,19 @@ def _parser() -> argparse.ArgumentParser:
     add("--connections", type=int, default=32, help="keep-alive connections")
     add("--request-timeout", type=float, default=2.0, help="s before a request fails")
     add("--events-rate", type=float, default=0.0, help="events/s streamed meanwhile")
+    add(
+        "--web-in-thread",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="serve from the worker's web thread (the default) or, to compare, "
+        "from its main loop beside the learner",
+    )
+    add(
+        "--load-tool",
+        choices=("vegeta", "python"),
+        default="vegeta",
+        help="vegeta (built with Go on first use) or this file's asyncio generator",
+    )
     add("--startup-timeout", type=float, default=120.0, help="s for the worker")
     add(
         "--nice",
@@ -462,35 +591,15 @@ def _check_bounds(args: argparse.Namespace) -> str | None:
     return None
 
 
-def _on_sigterm(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
-
-
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     problem = _check_bounds(args)
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         return 2
-    try:
-        settings = load_settings()
-    except ConfigError as exc:
-        print(exc, file=sys.stderr)
-        return 2
-    signal.signal(signal.SIGTERM, _on_sigterm)
-    try:
-        result = asyncio.run(run_benchmark(args, settings))
-    except ServicesUnavailable as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 3
-    except BenchmarkError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("interrupted; worker stopped", file=sys.stderr)
-        return 130
-    finally:
-        stop_all_workers()
+    code, result = run_with_services(lambda settings: run_benchmark(args, settings))
+    if result is None:
+        return code
     print(render(result))
     print(dumps(result), flush=True)
     return 0 if result["met"] else 1

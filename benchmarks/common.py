@@ -28,11 +28,14 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from config.settings import Settings
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SERVICES_HINT = (
@@ -702,6 +705,43 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("usage: python -m benchmarks.common count --help", file=sys.stderr)
         return 2
     return _count_main(argv[1:])
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def run_with_services(
+    benchmark: Callable[[Settings], Awaitable[dict[str, object]]],
+) -> tuple[int, dict[str, object] | None]:
+    """Run a benchmark's coroutine on the configured Kafka and Redis.
+
+    Returns ``(exit code, result)``: 2 for bad settings, 3 when the services
+    do not answer, 1 when the benchmark failed, 130 when interrupted (SIGTERM
+    too), each with its reason on stderr and no result; workers are stopped
+    however it ends.
+    """
+    from config.settings import ConfigError, load_settings
+
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 2, None
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        return 0, asyncio.run(benchmark(settings))
+    except ServicesUnavailable as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 3, None
+    except BenchmarkError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1, None
+    except KeyboardInterrupt:
+        print("interrupted; workers stopped", file=sys.stderr)
+        return 130, None
+    finally:
+        stop_all_workers()
 
 
 def dumps(value: object) -> str:

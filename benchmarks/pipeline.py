@@ -32,7 +32,6 @@ import argparse
 import asyncio
 import os
 import shlex
-import signal
 import sys
 import tempfile
 import time
@@ -49,7 +48,6 @@ from benchmarks.common import (
     CpuWindow,
     ListReader,
     Metrics,
-    ServicesUnavailable,
     WorkerProcess,
     bucket_difference,
     check_services,
@@ -61,12 +59,13 @@ from benchmarks.common import (
     histogram_quantile,
     http_get,
     machine_notes,
+    run_with_services,
     scrape,
     stop_all_workers,
     summary,
     unique_run_id,
 )
-from config.settings import ConfigError, Settings, load_settings, redact_url
+from config.settings import Settings, redact_url
 
 TARGET_EVENTS_PER_S = 5_000.0
 TARGET_FRESHNESS_P99_S = 1.0
@@ -1057,10 +1056,6 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _on_sigterm(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
-
-
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
@@ -1072,22 +1067,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.events < 1 or args.rate <= 0 or args.seconds <= 0 or args.warmup < 0:
         print("error: --events, --rate and --seconds must be positive", file=sys.stderr)
         return 2
-    try:
-        settings = load_settings()
-    except ConfigError as exc:
-        print(exc, file=sys.stderr)
-        return 2
-    signal.signal(signal.SIGTERM, _on_sigterm)
-    try:
-        result = asyncio.run(run_benchmark(args, settings))
-    except ServicesUnavailable as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 3
-    except KeyboardInterrupt:
-        print("interrupted; workers stopped", file=sys.stderr)
-        return 130
-    finally:
-        stop_all_workers()
+    code, result = run_with_services(lambda settings: run_benchmark(args, settings))
+    if result is None:
+        return code
     print(render(result))
     line = dumps(result)
     print(line, flush=True)

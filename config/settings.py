@@ -51,6 +51,11 @@ class Settings(BaseSettings):
     web_bind: str = Field(
         "127.0.0.1", description="Address /metrics listens on (0.0.0.0 in containers)"
     )
+    web_in_thread: bool = Field(
+        True,
+        description="Serve the API and /metrics from a thread of their own, so "
+        "that learning a micro-batch does not delay an answer",
+    )
 
     # --- security (secrets are SecretStr: printed as '**********') ---------
     kafka_security_protocol: Literal[

@@ -12,6 +12,17 @@ what would be accepted::
 Lists are read from Redis (one GET), similar items from the worker's replica
 of the item factors (:mod:`models.similar`), so both are as fresh as the
 stream. Nothing here writes.
+
+Threads. Faust serves these pages from a thread of their own, with its own
+event loop (``web_in_thread``), so that a micro-batch being learned on the
+main loop does not hold up an answer (docs/BENCHMARKS.md, "API"). The pages
+therefore read Redis through a client of the loop they run on, never the
+publisher's, and ``/healthz`` asks the lag probe (which uses the main loop's
+consumer) through that loop. Reading the replica's item table from the web
+thread is safe without a lock: rows are only ever appended, a row's index is
+published after its row, and a read that overlaps an update sees the old or
+the new factors of an item, both of which it would have served a moment
+apart anyway.
 """
 
 from __future__ import annotations
@@ -19,16 +30,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import faust
 import msgspec
 from aiohttp import web as aiohttp_web
 from redis.exceptions import RedisError
 
-from config.security import kafka_client_options
+from config.security import async_redis, kafka_client_options
 from models.similar import METRICS, Metric, similar_items
 from streams.lag import LagProbe
 from streams.publisher import decode_list
@@ -50,6 +61,7 @@ READ_TIMEOUT_S = 1.0
 Query = Mapping[str, str]
 Answer = tuple[int, Any]  # status code, a msgspec-encodable body
 Handler = Callable[..., Awaitable[Answer]]
+T = TypeVar("T")
 
 
 class ApiError(Exception):
@@ -212,11 +224,17 @@ class StreamrecApi:
         self.worker = worker
         self.settings = s
         self.metrics = worker.metrics
-        # the publisher's client: same pool, same TLS and password settings
-        self.redis = worker.publisher.redis
+        # the trending publisher runs on the main loop, with the publisher's client
         self.trending = TrendingTracker(
-            worker.app, s, worker.item_updates_topic, self.redis, worker.metrics
+            worker.app,
+            s,
+            worker.item_updates_topic,
+            worker.publisher.redis,
+            worker.metrics,
         )
+        # the pages' own client, made on the loop that serves them (see above)
+        self._reader: Any = None
+        self._reader_loop: asyncio.AbstractEventLoop | None = None
         self.lag = LagProbe(
             worker.app,
             bootstrap=s.kafka_bootstrap,
@@ -240,6 +258,7 @@ class StreamrecApi:
             app.page(route.path, name=route.name)(self._view(route))
         # Faust's web driver is aiohttp: its 404 and 405 answers become JSON too
         app.web.web_app.middlewares.append(json_http_errors)
+        app.web.web_app.on_cleanup.append(self._close_reader)
         app.task(self._publish_trending)
         app.task(self._measure_lag)
 
@@ -309,7 +328,7 @@ class StreamrecApi:
         """Whether Kafka and Redis answer, and how far behind this worker is."""
         check_known(query, ())
         reading, redis_error = await asyncio.gather(
-            self.lag.measure(HEALTH_TIMEOUT_S), self._ping_redis()
+            self._on_main_loop(self.lag.measure(HEALTH_TIMEOUT_S)), self._ping_redis()
         )
         healthy = reading.ok and redis_error is None
         items = self.worker.model.items
@@ -338,6 +357,29 @@ class StreamrecApi:
             trending.refreshed_at,
             trending.window_s,
             trending.half_life_s,
+        )
+
+    @property
+    def redis(self) -> Any:
+        """The Redis client of the running loop (the web thread's, in a worker)."""
+        loop = asyncio.get_running_loop()
+        if self._reader is None or self._reader_loop is not loop:
+            self._reader, self._reader_loop = async_redis(self.settings), loop
+        return self._reader
+
+    async def _close_reader(self, _web_app: aiohttp_web.Application) -> None:
+        # aiohttp's cleanup runs on the loop that served the pages
+        if self._reader is not None and self._reader_loop is asyncio.get_running_loop():
+            await self._reader.aclose()
+        self._reader = self._reader_loop = None
+
+    async def _on_main_loop(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        """Run ``coroutine`` on the worker's main loop and wait for it here."""
+        main = self.worker.app.loop
+        if asyncio.get_running_loop() is main:
+            return await coroutine
+        return await asyncio.wrap_future(
+            asyncio.run_coroutine_threadsafe(coroutine, main)
         )
 
     async def _redis_get(self, key: str) -> bytes | None:

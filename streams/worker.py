@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import sys
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -93,6 +94,8 @@ OWNER_WINDOW_S = 0.1
 # Longest dead-letter value kept whole: under the broker's default 1 MiB
 # message.max.bytes with room for the headers.
 MAX_DEAD_LETTER_BYTES = 900_000
+# How often a thread holding the GIL is asked to hand it over (Python: 5 ms).
+GIL_SWITCH_INTERVAL_S = 0.0001
 
 
 def die(reason: str) -> NoReturn:
@@ -183,6 +186,11 @@ class StreamrecWorker:
     def _make_app(self) -> faust.App:
         s = self.settings
         faust_patches.apply(s.fetch_max_wait_ms)
+        if s.web_in_thread:
+            # The web thread gives up the GIL at every socket call and must
+            # win it back from the learner; at the default 5 ms interval
+            # that costs it up to 5 ms a time, several times per request.
+            sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
         return faust.App(
             s.app_id,
             broker=[f"kafka://{server}" for server in s.kafka_bootstrap.split(",")],
@@ -204,6 +212,9 @@ class StreamrecWorker:
             producer_linger=0.005,
             stream_buffer_maxsize=max(4096, 2 * s.batch_max),
             web_enabled=True,
+            # the API's own thread and loop: a micro-batch does not hold up
+            # an answer (streams/api.py, "Threads")
+            web_in_thread=s.web_in_thread,
             web_bind=s.web_bind,
             web_host="127.0.0.1",
             web_port=s.web_port,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from pathlib import Path
 
 import pytest
@@ -76,3 +78,46 @@ def test_openapi_path_parameters_match_the_paths() -> None:
             assert names == {
                 part[1:-1] for part in path.split("/") if part.startswith("{")
             }, path
+
+
+def test_the_pages_read_redis_through_a_client_of_their_own_loop() -> None:
+    # Faust serves the pages from a thread with its own loop; a redis.asyncio
+    # client belongs to the loop that made it, so the pages need their own.
+    worker = StreamrecWorker(Settings(web_in_thread=True), CollectorRegistry())
+    api = worker.api
+    assert worker.app.conf.web_in_thread
+
+    async def clients() -> tuple[object, object]:
+        return api.redis, api.redis
+
+    first, again = asyncio.run(clients())
+    assert first is again
+    assert first is not worker.publisher.redis
+    other, _ = asyncio.run(clients())
+    assert other is not first
+
+
+def test_a_page_asks_the_main_loop_for_what_only_it_may_touch() -> None:
+    worker = StreamrecWorker(Settings(), CollectorRegistry())
+    main = asyncio.new_event_loop()
+    ready = threading.Event()
+    thread = threading.Thread(
+        target=lambda: (main.call_soon(ready.set), main.run_forever()), daemon=True
+    )
+    thread.start()
+    ready.wait(5)
+    worker.app.loop = main
+
+    async def where() -> asyncio.AbstractEventLoop:
+        return asyncio.get_running_loop()
+
+    async def from_the_web_loop() -> tuple[object, object]:
+        return await worker.api._on_main_loop(where()), asyncio.get_running_loop()
+
+    try:
+        ran_on, caller = asyncio.run(from_the_web_loop())
+        assert ran_on is main and caller is not main
+    finally:
+        main.call_soon_threadsafe(main.stop)
+        thread.join(5)
+        main.close()

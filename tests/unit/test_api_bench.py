@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from benchmarks.api import _check_bounds, _parser, drive
+from benchmarks.api import _check_bounds, _parser, _vegeta_result, drive
 from streams.ops import DeadLetterReport
 
 BODY = b'{"ok": true}'
@@ -54,6 +54,23 @@ def test_a_slow_server_shows_in_latency_from_the_due_time() -> None:
         assert max(result.latencies) > 0.5 > max(result.service)
 
     asyncio.run(run())
+
+
+def test_vegeta_rows_become_latencies_statuses_and_late_sends() -> None:
+    # vegeta encode --to=csv: send time (ns), status, latency (ns), bytes
+    # out, bytes in, error, ...; status 0 is a request that got no answer
+    start = 1_700_000_000_000_000_000
+    rows = [
+        f"{start},200,1500000,0,120,,,,0,GET,/a,",
+        f"{start + 1_000_000},200,2500000,0,120,,,,1,GET,/b,",
+        f"{start + 5_000_000},0,2000000000,0,0,timeout,,,2,GET,/a,",
+        f"{start + 2_500_000},503,900000,0,80,,,,3,GET,/b,",
+    ]
+    result = _vegeta_result("\n".join(rows) + "\n", rate=1000.0, elapsed=0.01)
+    assert result.statuses == {"200": 2, "503": 1, "error": 1}
+    assert result.latencies == [0.0015, 0.0025]  # answered requests only
+    # due at 0, 1, 2 and 3 ms: sent at 0, 1, 2.5 and 5 ms, so one was late
+    assert result.late_sends == 1
 
 
 def test_runs_are_bounded() -> None:
