@@ -283,7 +283,7 @@ def worker_env(
     prefix: str,
     port: int,
     data_dir: Path,
-    web_in_thread: bool = True,
+    web_in_thread: bool = False,
 ) -> dict[str, str]:
     """The worker's environment: this run's names on the caller's services."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMREC_")}
@@ -556,9 +556,9 @@ def _parser() -> argparse.ArgumentParser:
     add(
         "--web-in-thread",
         action=argparse.BooleanOptionalAction,
-        default=True,
-        help="serve from the worker's web thread (the default) or, to compare, "
-        "from its main loop beside the learner",
+        default=False,
+        help="serve from a web thread of the worker's (STREAMREC_WEB_IN_THREAD) "
+        "instead of its main loop (the default), to compare",
     )
     add(
         "--load-tool",

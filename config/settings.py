@@ -52,9 +52,9 @@ class Settings(BaseSettings):
         "127.0.0.1", description="Address /metrics listens on (0.0.0.0 in containers)"
     )
     web_in_thread: bool = Field(
-        True,
-        description="Serve the API and /metrics from a thread of their own, so "
-        "that learning a micro-batch does not delay an answer",
+        False,
+        description="Serve the API and /metrics from a thread of their own "
+        "(slower while learning: docs/BENCHMARKS.md, API)",
     )
 
     # --- security (secrets are SecretStr: printed as '**********') ---------

@@ -13,16 +13,18 @@ Lists are read from Redis (one GET), similar items from the worker's replica
 of the item factors (:mod:`models.similar`), so both are as fresh as the
 stream. Nothing here writes.
 
-Threads. Faust serves these pages from a thread of their own, with its own
-event loop (``web_in_thread``), so that a micro-batch being learned on the
-main loop does not hold up an answer (docs/BENCHMARKS.md, "API"). The pages
-therefore read Redis through a client of the loop they run on, never the
+Threads. The pages run on the worker's event loop, beside the learner, which
+yields between its steps so that an answer waits for at most one step.
+``STREAMREC_WEB_IN_THREAD`` serves them from a thread of Faust's with a loop
+of its own instead; that was measured slower while learning (the web thread
+gives up the GIL at every socket call and waits to win it back from the
+learner: docs/BENCHMARKS.md, "API"), and is kept to compare. Either way the
+pages read Redis through a client of the loop they run on, never the
 publisher's, and ``/healthz`` asks the lag probe (which uses the main loop's
-consumer) through that loop. Reading the replica's item table from the web
-thread is safe without a lock: rows are only ever appended, a row's index is
-published after its row, and a read that overlaps an update sees the old or
-the new factors of an item, both of which it would have served a moment
-apart anyway.
+consumer) through the main loop. Reading the replica's item table from the
+web thread needs no lock: rows are only appended, a row's index is published
+after its row, and a read that overlaps an update sees the old or the new
+factors of an item, both of which it would have served a moment apart.
 """
 
 from __future__ import annotations

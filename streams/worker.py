@@ -21,6 +21,7 @@ and items and carries on. docs/ARCHITECTURE.md has the full picture.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import sys
@@ -96,6 +97,16 @@ OWNER_WINDOW_S = 0.1
 MAX_DEAD_LETTER_BYTES = 900_000
 # How often a thread holding the GIL is asked to hand it over (Python: 5 ms).
 GIL_SWITCH_INTERVAL_S = 0.0001
+# Shoppers whose lists are scored between two turns of the event loop.
+LIST_CHUNK = 64
+# Item-update messages an owner applies between two turns of the loop.
+OWNER_CHUNK = 32
+# Python's collector thresholds (700, 10, 10) made a full collection of the
+# worker's millions of long-lived objects every few seconds, 40-95 ms each
+# with the loop held. Fewer young collections, full ones rarely: garbage
+# here is freed by reference counts, cycles are few (a few thousand objects
+# per full collection).
+GC_THRESHOLDS = (50_000, 50, 1000)
 
 
 def die(reason: str) -> NoReturn:
@@ -186,6 +197,7 @@ class StreamrecWorker:
     def _make_app(self) -> faust.App:
         s = self.settings
         faust_patches.apply(s.fetch_max_wait_ms)
+        gc.set_threshold(*GC_THRESHOLDS)
         if s.web_in_thread:
             # The web thread gives up the GIL at every socket call and must
             # win it back from the learner; at the default 5 ms interval
@@ -212,8 +224,7 @@ class StreamrecWorker:
             producer_linger=0.005,
             stream_buffer_maxsize=max(4096, 2 * s.batch_max),
             web_enabled=True,
-            # the API's own thread and loop: a micro-batch does not hold up
-            # an answer (streams/api.py, "Threads")
+            # off by default: streams/api.py, "Threads"
             web_in_thread=s.web_in_thread,
             web_bind=s.web_bind,
             web_host="127.0.0.1",
@@ -322,6 +333,9 @@ class StreamrecWorker:
             await asyncio.wait_for(self.replica.caught_up.wait(), timeout=60)
         except TimeoutError:
             log.warning("replica not caught up after 60 s; starting anyway")
+        # what start-up made (tables, replica, Faust) lives as long as the
+        # worker: no collection needs to look at it again
+        gc.freeze()
 
     async def _handle(self, batch: Sequence[EventT]) -> None:
         """Learn the batch's events and run its commands, in arrival order."""
@@ -403,11 +417,7 @@ class StreamrecWorker:
         self.metrics.nonfinite.labels("user").inc(self._take_nonfinite_users())
         self.metrics.users_known.set(len(self.users_table))
 
-        started = time.perf_counter()
-        lists = self.model.recommend(
-            [profiles[u] for u in result.users], result.users, self.settings.top_k
-        )
-        self.metrics.topk_seconds.observe(time.perf_counter() - started)
+        lists = await self._lists(result.users, profiles)
 
         started = time.perf_counter()
         await self.publisher.publish(
@@ -417,6 +427,27 @@ class StreamrecWorker:
         self.metrics.publish_seconds.observe(time.perf_counter() - started)
         for rec in lists:
             self.live.shown(rec.user_id, rec.items)
+
+    async def _lists(
+        self, user_ids: list[str], profiles: dict[str, UserProfile]
+    ) -> list[Recommendation]:
+        """Top-K lists of a batch's shoppers, :data:`LIST_CHUNK` at a time.
+
+        Between chunks the loop may serve an API request or an owner step:
+        one batch's lists in one go held it for tens of milliseconds.
+        """
+        lists: list[Recommendation] = []
+        seconds = 0.0
+        for start in range(0, len(user_ids), LIST_CHUNK):
+            await asyncio.sleep(0)
+            started = time.perf_counter()
+            chunk = user_ids[start : start + LIST_CHUNK]
+            lists += self.model.recommend(
+                [profiles[u] for u in chunk], chunk, self.settings.top_k
+            )
+            seconds += time.perf_counter() - started
+        self.metrics.topk_seconds.observe(seconds)
+        return lists
 
     def _check_live(
         self, events: list[Event], profiles: dict[str, UserProfile]
@@ -528,7 +559,11 @@ class StreamrecWorker:
             # learner batches within it is written (and replicated) once.
             async for batch in stream.take_events(1000, within=OWNER_WINDOW_S):
                 try:
-                    self.apply_item_updates([record.value for record in batch])
+                    payloads = [record.value for record in batch]
+                    for start in range(0, len(payloads), OWNER_CHUNK):
+                        # let the loop serve between chunks (see LIST_CHUNK)
+                        await asyncio.sleep(0)
+                        self.apply_item_updates(payloads[start : start + OWNER_CHUNK])
                     await self.owner_sink.flush()
                 except Exception:
                     die("applying item updates failed")

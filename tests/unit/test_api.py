@@ -81,8 +81,8 @@ def test_openapi_path_parameters_match_the_paths() -> None:
 
 
 def test_the_pages_read_redis_through_a_client_of_their_own_loop() -> None:
-    # Faust serves the pages from a thread with its own loop; a redis.asyncio
-    # client belongs to the loop that made it, so the pages need their own.
+    # With STREAMREC_WEB_IN_THREAD Faust serves the pages from a thread with its
+    # own loop; a redis.asyncio client belongs to the loop that made it.
     worker = StreamrecWorker(Settings(web_in_thread=True), CollectorRegistry())
     api = worker.api
     assert worker.app.conf.web_in_thread
