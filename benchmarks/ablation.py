@@ -52,6 +52,7 @@ def switched_off(config: MFConfig) -> list[tuple[str, MFConfig]]:
         ("- event-type weights", off(config, event_weights=UNIFORM_WEIGHTS)),
         ("- popularity blending", off(config, pop_weight=0.0)),
         ("- factor model", off(config, learning_rate=1e-9, item_bias=False)),
+        ("- candidates (whole catalogue)", off(config, candidate_popular=0)),
     ]
 
 

@@ -189,6 +189,9 @@ class Settings(BaseSettings):
     pop_history: float = Field(
         10.0, gt=0, description="History length at which popularity weighs half"
     )
+    candidate_popular: int = Field(
+        200, ge=0, description="Popular items among a list's candidates (0: all)"
+    )
 
     # --- hot path -----------------------------------------------------------
     batch_max: int = Field(1000, ge=1, le=100_000, description="Max events per batch")

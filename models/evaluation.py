@@ -447,19 +447,25 @@ class StreamrecRecommender:
     """streamrec's model through the in-process replay: the worker's code.
 
     Learning is :meth:`Replayer.learn` (the worker's batch step, item updates
-    applied at once). Lists are the model's own ``recommend`` (personal
-    scores, or its popularity fallback for short histories), asked for more
-    than ``n`` items and then cut to the protocol's exclusion: the model hides
-    at most the items a user met (bought, or all of them with
-    ``exclude_viewed``), so what is left is exactly its top ``n`` among the
-    items the protocol allows. The over-asking is the harness's cost, not the
-    worker's, and is counted in the events per second all the same.
+    applied at once). Lists are the model's own ranking
+    (:meth:`OnlineMF.top_rows`, what its ``recommend`` lists are cut from:
+    personal scores, or its popularity fallback for short histories), told to
+    leave out the items of the protocol's exclusion as well as those the model
+    hides itself (bought, or all met with ``exclude_viewed``): that is exactly
+    its top ``n`` among the items the protocol allows. The harness's item
+    indices and the model's rows are mapped by arrays, with no ids on the way.
+    A shopper's tests in one batch are scored from the same state, as the
+    worker scores each shopper of a batch once.
     """
 
     def __init__(self, config: MFConfig, name: str = "streamrec") -> None:
         self.name = name
         self.replayer = Replayer(config)
         self._index: dict[str, int] = {}
+        # model row -> harness index, and harness index -> model row (-1: the
+        # model has not learned the item yet)
+        self._index_of_row = np.zeros(0, np.int64)
+        self._row_of_index = np.zeros(0, np.int64)
 
     def learn(self, batch: EventBatch) -> None:
         self.replayer.learn(batch.events)
@@ -467,33 +473,54 @@ class StreamrecRecommender:
         for event, item in zip(batch.events, batch.items.tolist(), strict=True):
             if item >= len(index):
                 index.setdefault(event.item_id, item)
+        items = self.replayer.model.items
+        known = len(self._index_of_row)
+        if len(items) > known:
+            new = np.fromiter(
+                (index[i] for i in items.ids[known:]), np.int64, len(items) - known
+            )
+            self._index_of_row = np.concatenate((self._index_of_row, new))
+            size = max(len(self._row_of_index), int(new.max()) + 1)
+            rows = np.full(size, -1, np.int64)
+            rows[: len(self._row_of_index)] = self._row_of_index
+            rows[new] = np.arange(known, len(items))
+            self._row_of_index = rows
+
+    def _rows(self, before: np.ndarray) -> np.ndarray:
+        inside = before[before < len(self._row_of_index)]
+        rows = self._row_of_index[inside]
+        return rows[rows >= 0]
 
     def recommend(self, request: ListRequest, n: int) -> np.ndarray:
         out = np.full((len(request), n), -1, dtype=np.int64)
-        skips = [set(before.tolist()) for before in request.exclude]
-        # Ask for 2n first and four times more for the tests that lost too
-        # many to the exclusion: n + len(exclusion) at once would make the
-        # model build lists thousands long for shoppers with long histories.
-        # A shopper's tests in one batch share one list (the state is the
-        # same), as the worker scores each shopper of a batch once.
-        pending, k = list(range(len(request))), 2 * n
-        while pending:
-            users = list(dict.fromkeys(request.user_ids[t] for t in pending))
-            lists = dict(zip(users, self.replayer.lists_for(users, k=k), strict=True))
-            short = []
-            for test in pending:
-                rec = lists[request.user_ids[test]]
-                chosen = self._cut(rec.items, skips[test], n)
-                if len(chosen) < n and len(rec.items) == k < n + len(skips[test]):
-                    short.append(test)  # more may lie past the k asked for
-                else:
-                    out[test, : len(chosen)] = chosen
-            pending, k = short, 4 * k
+        replayer = self.replayer
+        model = replayer.model
+        if not len(model.items):
+            return out
+        profiles = [
+            replayer.profiles.get(u) or model.new_profile(u) for u in request.user_ids
+        ]
+        personal = [p.n_events >= model.config.min_history for p in profiles]
+        chosen = [t for t, is_personal in enumerate(personal) if is_personal]
+        for start in range(0, len(chosen), SCORE_CHUNK):
+            tests = chosen[start : start + SCORE_CHUNK]
+            rows, _ = model.top_rows(
+                [profiles[t] for t in tests],
+                n,
+                [self._rows(request.exclude[t]) for t in tests],
+            )
+            out[tests, : rows.shape[1]] = np.where(
+                rows >= 0, self._index_of_row[rows], -1
+            )
+        rest = [t for t, is_personal in enumerate(personal) if not is_personal]
+        if rest:
+            order = model.popularity_order()
+            for test in rest:
+                skip = set(self._rows(request.exclude[test]).tolist())
+                skip.update(model.items.known_rows(model._hidden(profiles[test])))
+                picked = list(islice((r for r in order.tolist() if r not in skip), n))
+                out[test, : len(picked)] = self._index_of_row[picked]
         return out
-
-    def _cut(self, items: list[str], skip: set[int], n: int) -> list[int]:
-        rows = (self._index[item] for item in items)
-        return list(islice((r for r in rows if r not in skip), n))
 
 
 # --- uncertainty and plots ------------------------------------------------------------

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import msgspec
 import numpy as np
 
-from models.sequence import EMPTY, id_key, merge_rows
+from models.sequence import EMPTY, id_key, merge_links, merge_unique_rows
 
 FLOAT = np.float32
 
@@ -61,6 +61,12 @@ class ItemTable:
         self._link_targets = np.full((capacity, link_cap), EMPTY, dtype=np.int64)
         self._link_weights = np.zeros((capacity, link_cap), dtype=FLOAT)
         self.version = 0  # bumped on every change; a list records the version
+        # the most popular rows (see popular()), and rows whose count changed
+        self._head: list[int] = []
+        self._in_head: set[int] = set()
+        self._head_size = 0
+        self._floor = 0.0  # at most the head's fewest events (counts only grow)
+        self._recounted: list[int] = []
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -104,13 +110,22 @@ class ItemTable:
         return [self.ids[t] for t in targets[used]], self._link_weights[row][used]
 
     def add_links(
-        self, sources: np.ndarray, targets: np.ndarray, weights: np.ndarray
+        self,
+        sources: np.ndarray,
+        targets: np.ndarray,
+        weights: np.ndarray,
+        *,
+        unique: bool = False,
     ) -> None:
-        """Merge summed links (source row -> target row) into the rows."""
+        """Merge summed links (source row -> target row) into the rows;
+        ``unique``: the caller knows each (source, target) pair is there once."""
         if not len(sources) or not self.link_cap:
             return
+        sources = np.asarray(sources, np.int64)
+        targets = np.asarray(targets, np.int64)
         rows, position = np.unique(sources, return_inverse=True)
-        new_targets, new_weights = merge_rows(
+        merge = merge_unique_rows if unique else merge_links
+        new_targets, new_weights = merge(
             self._link_targets[rows],
             self._link_weights[rows],
             position.ravel(),
@@ -121,6 +136,46 @@ class ItemTable:
         self._link_targets[rows] = new_targets
         self._link_weights[rows] = new_weights
         self.version += 1
+
+    def popular(self, n: int) -> np.ndarray:
+        """Rows of the ``n`` items with the most events (ties to the earlier
+        row, the popularity baseline's rule; items never counted left out),
+        in no particular order.
+
+        Kept up to date from the rows whose count changed since the last call:
+        counts only grow, so a row outside the head enters only by beating the
+        head's weakest row, which then leaves.
+        """
+        counts = self._counts
+        if n != self._head_size:
+            order = np.lexsort((np.arange(len(self)), -self.counts))[:n]
+            order = order[self.counts[order] > 0]  # items met at least once
+            self._head, self._head_size = order.tolist(), n
+            self._floor = 0.0
+            self._in_head = set(self._head)
+            self._recounted.clear()
+        head, in_head = self._head, self._in_head
+        for row in dict.fromkeys(self._recounted):
+            if row in in_head:
+                continue
+            if len(head) < n:
+                head.append(row)
+                in_head.add(row)
+                self._floor = 0.0
+                continue
+            if counts[row] < self._floor:
+                continue  # below the head's fewest events: it cannot enter
+            rows = np.asarray(head)
+            # the weakest: the fewest events, then the latest row
+            weakest = int(np.lexsort((-rows, counts[rows]))[0])
+            out = head[weakest]
+            self._floor = float(counts[out])
+            if (counts[row], -row) > (counts[out], -out):
+                in_head.discard(out)
+                head[weakest] = row
+                in_head.add(row)
+        self._recounted.clear()
+        return np.asarray(head, np.int64)
 
     def rows(self, item_ids: list[str]) -> np.ndarray:
         """Row of each id, adding the ones not seen yet with their start vector."""
@@ -180,6 +235,8 @@ class ItemTable:
         self._biases[good] = new_biases[finite]
         self._counts[rows] += count_steps
         self._log_counts[rows] = np.log1p(self._counts[rows])
+        if self._head_size:
+            self._recounted += rows[np.asarray(count_steps) > 0].tolist()
         if accum_steps is not None:
             self._accums[good] += accum_steps[finite]
         self.version += 1
@@ -192,6 +249,8 @@ class ItemTable:
             row = self._append(item_id)
         self._vectors[row] = state.vector
         self._biases[row] = state.bias
+        if self._head_size and state.count != self._counts[row]:
+            self._recounted.append(row)
         self._counts[row] = state.count
         self._log_counts[row] = np.log1p(state.count)
         self._accums[row] = state.accum

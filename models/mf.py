@@ -52,6 +52,10 @@ from models.sequence import (
 
 # Shoppers scored per matrix product: bounds the (users x items) score matrix.
 _SCORE_CHUNK = 256
+# Up to this many items every item is scored (MFConfig.candidate_popular):
+# measured on this machine, below it one product over the whole catalogue
+# costs less than gathering a shopper's candidates.
+CANDIDATE_CATALOGUE = 20_000
 
 DEFAULT_EVENT_WEIGHTS: Mapping[str, float] = {
     "view": 1.0,
@@ -94,6 +98,12 @@ class MFConfig:
     link_cap: int = 300
     pop_weight: float = 0.5
     pop_history: float = 10.0
+    # Candidate generation (#3, speed; chosen on the first halves, see
+    # docs/BENCHMARKS.md): with n > 0, once the catalogue has more than
+    # CANDIDATE_CATALOGUE items, a list is chosen among the items linked from
+    # the shopper's latest sources and the n most popular items only; 0
+    # scores every item.
+    candidate_popular: int = 200
 
     def __post_init__(self) -> None:
         if self.seq_steps > self.recent_items:
@@ -127,9 +137,28 @@ class ItemUpdate:
     link_sources: list[str] = field(default_factory=list)
     link_targets: list[str] = field(default_factory=list)
     link_weights: np.ndarray = field(default_factory=lambda: np.zeros(0, FLOAT))
+    # The same items and links as rows of ``table``, the learner's item table:
+    # applied to that same table in-process, the ids need no lookup.
+    rows: np.ndarray | None = field(default=None, repr=False, compare=False)
+    link_source_rows: np.ndarray | None = field(default=None, repr=False, compare=False)
+    link_target_rows: np.ndarray | None = field(default=None, repr=False, compare=False)
+    table: ItemTable | None = field(default=None, repr=False, compare=False)
 
     def __len__(self) -> int:
         return len(self.item_ids) + len(self.link_sources)
+
+    def rows_in(self, items: ItemTable) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Rows in ``items`` of the updated items, link sources and targets
+        (items not met yet are added)."""
+        if self.table is items and self.rows is not None:
+            sources, targets = self.link_source_rows, self.link_target_rows
+            if sources is not None and targets is not None:
+                return self.rows, sources, targets
+        return (
+            items.rows(self.item_ids),
+            items.rows(self.link_sources),
+            items.rows(self.link_targets),
+        )
 
 
 @dataclass
@@ -231,7 +260,8 @@ def bpr_loss(
 
 def clip_rows(grads: np.ndarray, max_norm: float) -> np.ndarray:
     """Scale each row (last axis) down to at most ``max_norm``."""
-    norms = np.linalg.norm(grads, axis=-1, keepdims=True)
+    # np.linalg.norm's own sum, without its per-call checks
+    norms = np.sqrt(np.add.reduce(grads * grads, axis=-1, keepdims=True))
     scale = np.minimum(1.0, max_norm / np.maximum(norms, 1e-12))
     return grads * scale
 
@@ -273,7 +303,14 @@ class OnlineMF:
         self, events: Sequence[Event], profiles: MutableMapping[str, UserProfile]
     ) -> BatchResult:
         """Learn one micro-batch; updates ``profiles`` in place (missing ones
-        are created) and returns the item gradients for the items' owner."""
+        are created) and returns the item gradients for the items' owner.
+
+        Known shortcoming (#3): at micro-batch 1 an event costs about a
+        hundred small numpy calls here and in :meth:`apply_item_update`
+        (gradients, Adagrad, the link merge), some 0.4 ms, which is what keeps
+        the in-process rate near River's instead of 10x above it; a compiled
+        per-event step would be needed for that.
+        """
         fresh = self._drop_duplicates(events, profiles)
         if not fresh:
             return BatchResult(0, len(events), [], self._empty_update())
@@ -336,18 +373,20 @@ class OnlineMF:
         if not len(update):
             return
         items = self.items
+        rows, link_sources, link_targets = update.rows_in(items)
         if update.item_ids:
-            rows = items.rows(update.item_ids)
             vector_steps, bias_steps, added = self.item_steps(
                 update, items.accums[rows]
             )
             refused = items.apply(rows, vector_steps, bias_steps, update.counts, added)
             self.nonfinite_items += refused
         if update.link_sources:
+            # the learner's own links come summed per pair, hence unique
             items.add_links(
-                items.rows(update.link_sources),
-                items.rows(update.link_targets),
+                link_sources,
+                link_targets,
                 update.link_weights,
+                unique=update.table is items,
             )
 
     def _add_links(
@@ -383,19 +422,30 @@ class OnlineMF:
         update.link_sources = [ids[r] for r in sources.tolist()]
         update.link_targets = [ids[r] for r in targets.tolist()]
         update.link_weights = amounts
+        update.link_source_rows, update.link_target_rows = sources, targets
 
     def _drop_duplicates(
         self, events: Sequence[Event], profiles: MutableMapping[str, UserProfile]
     ) -> list[Event]:
         fresh: list[Event] = []
-        seen: dict[str, set[str]] = {}  # per shopper: event ids learned
+        # per shopper: the event ids learned, as a set from their second
+        # event in the batch on (a shopper's first is checked in the list)
+        seen: dict[str, set[str] | None] = {}
         for event in events:
-            known = seen.get(event.user_id)
-            if known is None:
-                profile = profiles.get(event.user_id)
+            user_id = event.user_id
+            if user_id not in seen:
+                profile = profiles.get(user_id)
                 if profile is None:
-                    profile = profiles[event.user_id] = self.new_profile(event.user_id)
-                known = seen[event.user_id] = set(profile.event_ids)
+                    profile = profiles[user_id] = self.new_profile(user_id)
+                if event.event_id in profile.event_ids:
+                    continue
+                seen[user_id] = None
+                fresh.append(event)
+                continue
+            known = seen[user_id]
+            if known is None:
+                known = seen[user_id] = set(profiles[user_id].event_ids)
+                known.update(e.event_id for e in fresh if e.user_id == user_id)
             if event.event_id in known:
                 continue
             known.add(event.event_id)
@@ -456,12 +506,24 @@ class OnlineMF:
         # clip: one event may move a vector by at most learning_rate * grad_clip
         clip = self.config.grad_clip
         bias_on = 1.0 if self.config.item_bias else 0.0  # off: biases stay 0
+        user, positive, negative, positive_bias, negative_bias = grads
+        if user.dtype == positive.dtype == negative.dtype:
+            # row by row, so one call over all the rows clips each alike
+            n, k = len(user), user.shape[-1]
+            rows = clip_rows(
+                np.concatenate([user, positive, negative.reshape(-1, k)]), clip
+            )
+            user, positive = rows[:n], rows[n : 2 * n]
+            negative = rows[2 * n :].reshape(negative.shape)
+        else:
+            user, positive = clip_rows(user, clip), clip_rows(positive, clip)
+            negative = clip_rows(negative, clip)
         return (
-            clip_rows(grads[0], clip),
-            clip_rows(grads[1], clip),
-            clip_rows(grads[2], clip),
-            bias_on * np.clip(grads[3], -clip, clip),
-            bias_on * np.clip(grads[4], -clip, clip),
+            user,
+            positive,
+            negative,
+            bias_on * np.clip(positive_bias, -clip, clip),
+            bias_on * np.clip(negative_bias, -clip, clip),
         )
 
     def _apply_user_steps(
@@ -512,7 +574,14 @@ class OnlineMF:
         np.add.at(counts, inverse[: len(positive_rows)], 1.0)
         ids = self.items.ids
         return ItemUpdate(
-            [ids[r] for r in unique_rows], vector_grads, bias_grads, counts
+            [ids[r] for r in unique_rows.tolist()],
+            vector_grads,
+            bias_grads,
+            counts,
+            rows=unique_rows,
+            link_source_rows=np.zeros(0, np.int64),
+            link_target_rows=np.zeros(0, np.int64),
+            table=self.items,
         )
 
     def _empty_update(self) -> ItemUpdate:
@@ -607,14 +676,30 @@ class OnlineMF:
     def _hidden(self, profile: UserProfile) -> list[str]:
         return profile.items if self.config.exclude_viewed else profile.bought
 
-    def _top_personal(
-        self, profiles: list[UserProfile], user_ids: list[str], k: int
-    ) -> list[Recommendation]:
+    def top_rows(
+        self,
+        profiles: Sequence[UserProfile],
+        k: int,
+        exclude: Sequence[np.ndarray] | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Each shopper's ``k`` best item rows by the blended score, best
+        first, and their scores: shape (shoppers, k), -1 and -inf filling a
+        short list. Hidden items (bought, or all met with ``exclude_viewed``)
+        never appear, nor the rows in ``exclude[n]`` for shopper ``n``."""
         items = self.items
+        k = min(k, len(items))
+        c = self.config
+        if c.candidate_popular > 0 and len(items) > CANDIDATE_CATALOGUE:
+            return self._top_candidates(profiles, k, exclude)
         scores = self.scores(profiles)
 
         # exclude: hidden items score -inf, so they can only come last
         hidden = [items.known_rows(self._hidden(p)) for p in profiles]
+        if exclude is not None:
+            hidden = [
+                np.concatenate((h, e)) if len(e) else h
+                for h, e in zip(hidden, exclude, strict=True)
+            ]
         lengths = [len(h) for h in hidden]
         if sum(lengths):
             scores[
@@ -622,21 +707,105 @@ class OnlineMF:
             ] = -np.inf
 
         # rank: partial sort to the k best, then sort those k
-        k = min(k, len(items))
-        best = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-        best_scores = np.take_along_axis(scores, best, axis=1)
-        order = np.argsort(-best_scores, axis=1, kind="stable")
-        best = np.take_along_axis(best, order, axis=1)
-        best_scores = np.take_along_axis(best_scores, order, axis=1)
+        if k <= 0:
+            empty = np.zeros((len(profiles), 0))
+            return empty.astype(np.int64), empty
+        if len(profiles) == 1:
+            # one shopper: the same partial sort, without the 2-d indexing
+            row = scores[0]
+            best = np.argpartition(-row, k - 1)[:k]
+            best_scores = row[best]
+            order = np.argsort(-best_scores, kind="stable")
+            best, best_scores = best[order][None, :], best_scores[order][None, :]
+        else:
+            best = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+            best_scores = np.take_along_axis(scores, best, axis=1)
+            order = np.argsort(-best_scores, axis=1, kind="stable")
+            best = np.take_along_axis(best, order, axis=1)
+            best_scores = np.take_along_axis(best_scores, order, axis=1)
+        best[~np.isfinite(best_scores)] = -1
+        return best, best_scores
 
-        ids = items.ids
+    def _top_candidates(
+        self,
+        profiles: Sequence[UserProfile],
+        k: int,
+        exclude: Sequence[np.ndarray] | None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`top_rows` among each shopper's candidates: the targets of
+        their sources' links and the ``candidate_popular`` most popular items,
+        scored as :meth:`scores` does (factors, bias, links, popularity)."""
+        c, items = self.config, self.items
+        best = np.full((len(profiles), k), -1, np.int64)
+        best_scores = np.full((len(profiles), k), -np.inf)
+        head = items.popular(c.candidate_popular)
+        weights = (c.seq_weight * c.seq_recency ** np.arange(c.seq_sources)).astype(
+            FLOAT
+        )
+        for n, profile in enumerate(profiles):
+            targets, amounts = self._linked(profile, weights)
+            candidates = np.unique(np.concatenate((targets, head)))
+            scores = (profile.vector[None, :] @ items.vectors[candidates].T)[0]
+            if c.item_bias:
+                scores += items.biases[candidates]
+            if len(targets):
+                np.add.at(scores, np.searchsorted(candidates, targets), amounts)
+            if c.pop_weight:
+                share = (
+                    c.pop_weight * c.pop_history / (c.pop_history + profile.n_events)
+                )
+                scores += FLOAT(share) * items.log_counts[candidates]
+            hidden = items.known_rows(self._hidden(profile))
+            if exclude is not None and len(exclude[n]):
+                hidden = np.concatenate((hidden, exclude[n]))
+            if len(hidden):
+                at = np.searchsorted(candidates, hidden)
+                inside = at < len(candidates)
+                at, hidden = at[inside], hidden[inside]
+                scores[at[candidates[at] == hidden]] = -np.inf
+            m = min(k, len(candidates))
+            if m <= 0:
+                continue
+            top = (
+                np.argpartition(-scores, m - 1)[:m]
+                if m < len(candidates)
+                else np.arange(len(candidates))
+            )
+            order = np.argsort(-scores[top], kind="stable")
+            top = top[order]
+            finite = np.isfinite(scores[top])
+            best[n, :m] = np.where(finite, candidates[top], -1)
+            best_scores[n, :m] = scores[top]
+        return best, best_scores
+
+    def _linked(
+        self, profile: UserProfile, weights: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Targets and weighted amounts of the links from a shopper's latest
+        distinct items (a target may repeat, once per source)."""
+        c, items = self.config, self.items
+        if not (c.seq_weight and items.link_cap):
+            return np.zeros(0, np.int64), np.zeros(0, FLOAT)
+        index = items.index
+        latest = latest_distinct(profile.recent, c.seq_sources)
+        rows = np.fromiter((index[i] for i in latest if i in index), np.int64)
+        targets = items.link_targets[rows]
+        amounts = items.link_weights[rows] * weights[: len(rows), None]
+        present = (targets != EMPTY) & (amounts != 0)
+        return targets[present], amounts[present]
+
+    def _top_personal(
+        self, profiles: list[UserProfile], user_ids: list[str], k: int
+    ) -> list[Recommendation]:
+        best, best_scores = self.top_rows(profiles, k)
+        ids = self.items.ids
         result = []
         for n, user_id in enumerate(user_ids):
-            keep = np.isfinite(best_scores[n])
+            keep = best[n] >= 0
             result.append(
                 Recommendation(
                     user_id,
-                    [ids[r] for r in best[n][keep]],
+                    [ids[r] for r in best[n][keep].tolist()],
                     best_scores[n][keep].tolist(),
                     True,
                 )

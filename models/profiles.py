@@ -53,19 +53,24 @@ class UserProfile(msgspec.Struct):
         dedup_window_ms: int,
     ) -> None:
         """Record learned events of this shopper (oldest first) in the history."""
-        known = set(self.items)
-        bought = set(self.bought)
+        # one event (the common case at small batches): a scan of the lists
+        # costs less than building their sets
+        many = len(events) > 1
+        known: set[str] | list[str] = set(self.items) if many else self.items
+        bought: set[str] | list[str] = set(self.bought) if many else self.bought
         for event in events:
             item_id = event.item_id
             self.n_events += 1
             self.last_timestamp = max(self.last_timestamp, event.timestamp)
             self.recent.append(item_id)
             if item_id not in known:
-                known.add(item_id)
                 self.items.append(item_id)
+                if isinstance(known, set):
+                    known.add(item_id)
             if event.event_type == "purchase" and item_id not in bought:
-                bought.add(item_id)
                 self.bought.append(item_id)
+                if isinstance(bought, set):
+                    bought.add(item_id)
             self.event_ids.append(event.event_id)
             self.event_times.append(event.timestamp)
         _keep_last(self.recent, recent_items)

@@ -117,6 +117,161 @@ def merge_rows(
     return out_targets, out_weights
 
 
+def merge_unique_rows(
+    row_targets: np.ndarray,
+    row_weights: np.ndarray,
+    new_rows: np.ndarray,
+    new_targets: np.ndarray,
+    new_weights: np.ndarray,
+    tie: Callable[[np.ndarray], np.ndarray],
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`merge_rows` for new links whose (row, target) pairs are unique
+    (what :func:`batch_links` gives) into rows kept as it leaves them
+    (strongest first, ties to the smaller key, unused slots last): the same
+    result, cheaper.
+
+    A new link already in its row adds to that slot's weight (float32, the old
+    weight first, as :func:`merge_rows` sums). A row that gets one new link
+    (at micro-batch 1, every source but the event's item) only moves that one
+    entry to its place, found by comparing it with the row; a row that gets
+    several is sorted again.
+    """
+    new_rows = np.asarray(new_rows, np.int64)
+    new_targets = np.asarray(new_targets, np.int64)
+    new_weights = np.asarray(new_weights, FLOAT)
+    if len(new_rows) <= _FEW_LINKS:
+        return _place(row_targets, row_weights, new_rows, new_targets, new_weights, tie)
+    rows, position = np.unique(new_rows, return_inverse=True)
+    out_targets = np.array(row_targets, np.int64)
+    out_weights = np.array(row_weights, FLOAT)
+    out_targets[rows], out_weights[rows] = _sort_in(
+        row_targets[rows],
+        row_weights[rows],
+        position.ravel(),
+        new_targets,
+        new_weights,
+        tie,
+    )
+    return out_targets, out_weights
+
+
+# Up to this many new links, each is placed by comparing it with its row;
+# past it (big batches), the rows are sorted again.
+_FEW_LINKS = 64
+
+
+def _place(
+    row_targets: np.ndarray,
+    row_weights: np.ndarray,
+    new_rows: np.ndarray,
+    new_targets: np.ndarray,
+    new_weights: np.ndarray,
+    tie: Callable[[np.ndarray], np.ndarray],
+) -> tuple[np.ndarray, np.ndarray]:
+    """Unique new links into rows kept in cut order, without sorting a row:
+    the entries a link does not touch keep their order, so each changed
+    entry's place is the number of entries that come before it."""
+    n_rows, cap = row_targets.shape
+    targets, weights = row_targets[new_rows], row_weights[new_rows]  # (m, cap)
+    match = targets == new_targets[:, None]
+    found = match.any(axis=1)
+    hit = np.flatnonzero(found)
+    column = match[hit].argmax(axis=1)
+    summed = new_weights.copy()
+    summed[hit] = weights[hit, column] + new_weights[hit]
+    used = row_targets != EMPTY
+    unchanged = used.copy()
+    unchanged[new_rows[hit], column] = False
+    key = tie(new_targets)
+    keys = tie(np.where(targets != EMPTY, targets, 0))
+    # place: the row's untouched entries before the new weight ...
+    weight = summed[:, None]
+    before = unchanged[new_rows] & (
+        (weights > weight) | ((weights == weight) & (keys < key[:, None]))
+    )
+    # ... and the row's other changed entries before it
+    order = np.lexsort((key, -summed, new_rows))
+    ranked_rows = new_rows[order]
+    rank = np.empty(len(order), np.int64)
+    rank[order] = np.arange(len(order)) - np.searchsorted(ranked_rows, ranked_rows)
+    place = before.sum(axis=1) + rank
+    # fill: the untouched entries, in order, take the places left
+    fresh = np.bincount(new_rows[~found], minlength=n_rows)
+    width = cap + int(fresh.max())
+    length = used.sum(axis=1) + fresh
+    taken = np.zeros((n_rows, width), bool)
+    taken[new_rows, place] = True
+    left = ~taken & (np.arange(width) < length[:, None])
+    out_targets = np.full((n_rows, width), EMPTY, np.int64)
+    out_weights = np.zeros((n_rows, width), FLOAT)
+    out_targets[left] = row_targets[unchanged]
+    out_weights[left] = row_weights[unchanged]
+    out_targets[new_rows, place] = new_targets
+    out_weights[new_rows, place] = summed
+    return out_targets[:, :cap], out_weights[:, :cap]
+
+
+def _sort_in(
+    row_targets: np.ndarray,
+    row_weights: np.ndarray,
+    new_rows: np.ndarray,
+    new_targets: np.ndarray,
+    new_weights: np.ndarray,
+    tie: Callable[[np.ndarray], np.ndarray],
+) -> tuple[np.ndarray, np.ndarray]:
+    """Unique new links into rows, each row sorted again: the sums in place,
+    the new targets in spare columns past the cap, one sort, the cut."""
+    n_rows, cap = row_targets.shape
+    weights = np.array(row_weights, dtype=FLOAT)
+    # find: each new link's slot in its row, if the target is there already
+    match = row_targets[new_rows] == new_targets[:, None]
+    found = match.any(axis=1)
+    hit = np.flatnonzero(found)
+    if len(hit):
+        weights[new_rows[hit], match[hit].argmax(axis=1)] += new_weights[hit]
+    fresh = np.flatnonzero(~found)
+    targets = row_targets
+    if len(fresh):
+        # append: the row's k-th fresh link goes to spare column cap + k
+        fresh_rows = new_rows[fresh]
+        order = np.argsort(fresh_rows, kind="stable")
+        fresh, fresh_rows = fresh[order], fresh_rows[order]
+        slot = np.arange(len(fresh)) - np.searchsorted(fresh_rows, fresh_rows)
+        spare = int(slot.max()) + 1
+        targets = np.concatenate(
+            [row_targets, np.full((n_rows, spare), EMPTY, np.int64)], axis=1
+        )
+        weights = np.concatenate([weights, np.zeros((n_rows, spare), FLOAT)], axis=1)
+        targets[fresh_rows, cap + slot] = new_targets[fresh]
+        weights[fresh_rows, cap + slot] = new_weights[fresh]
+    unused = targets == EMPTY
+    keys = tie(np.where(unused, 0, targets))
+    # cut: per row, strongest first, ties to the smaller key, unused last
+    order = np.lexsort((keys, np.where(unused, np.inf, -weights)), axis=-1)[:, :cap]
+    return (
+        np.take_along_axis(targets, order, axis=1),
+        np.take_along_axis(weights, order, axis=1),
+    )
+
+
+def merge_links(
+    row_targets: np.ndarray,
+    row_weights: np.ndarray,
+    new_rows: np.ndarray,
+    new_targets: np.ndarray,
+    new_weights: np.ndarray,
+    tie: Callable[[np.ndarray], np.ndarray],
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`merge_rows` for rows kept in its cut order (every row this
+    project stores), by :func:`merge_unique_rows` when the new (row, target)
+    pairs are unique (one message's or batch's summed links)."""
+    new_rows = np.asarray(new_rows, np.int64)
+    new_targets = np.asarray(new_targets, np.int64)
+    pairs = np.sort(new_rows << _SHIFT | new_targets)
+    merge = merge_unique_rows if (pairs[1:] > pairs[:-1]).all() else merge_rows
+    return merge(row_targets, row_weights, new_rows, new_targets, new_weights, tie)
+
+
 def sequence_scores(
     link_targets: np.ndarray,
     link_weights: np.ndarray,
@@ -146,6 +301,15 @@ def add_sequence_scores(
     only the linked cells are touched, which is what makes it cheap."""
     shoppers, n_items = scores.shape
     if not shoppers or not n_items:
+        return
+    if shoppers == 1:
+        # one shopper (micro-batch 1): the same cells added in the same order
+        valid = sources[0] != EMPTY
+        rows = sources[0][valid]
+        targets = link_targets[rows]
+        amounts = link_weights[rows] * source_weights[0][valid][:, None]
+        present = (targets != EMPTY) & (amounts != 0)
+        np.add.at(scores[0], targets[present], amounts[present])
         return
     valid = sources != EMPTY
     safe = np.where(valid, sources, 0)

@@ -83,6 +83,7 @@ def mf_config(settings: Settings) -> MFConfig:
         link_cap=settings.link_cap,
         pop_weight=settings.pop_weight,
         pop_history=settings.pop_history,
+        candidate_popular=settings.candidate_popular,
     )
 
 
@@ -100,7 +101,7 @@ GIL_SWITCH_INTERVAL_S = 0.0001
 # Shoppers whose lists are scored between two turns of the event loop.
 LIST_CHUNK = 64
 # Item-update messages an owner applies between two turns of the loop.
-OWNER_CHUNK = 32
+OWNER_CHUNK = 4
 # Python's collector thresholds (700, 10, 10) made a full collection of the
 # worker's millions of long-lived objects every few seconds, 40-95 ms each
 # with the loop held. Fewer young collections, full ones rarely: garbage

@@ -4,7 +4,9 @@ copy of them (routing, merging, the table record, the replica)."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
+from models import sequence
 from models.events import Event
 from models.items import ItemState, ItemTable, decode_item, encode_item
 from models.mf import MFConfig, OnlineMF
@@ -13,7 +15,9 @@ from models.sequence import (
     EMPTY,
     batch_links,
     latest_distinct,
+    merge_links,
     merge_rows,
+    merge_unique_rows,
     sequence_scores,
 )
 from streams.owner import apply_updates, split_by_owner
@@ -158,6 +162,59 @@ def test_owners_and_the_replica_reach_the_links_of_the_in_process_model():
         assert copied_ids == ids
         np.testing.assert_array_equal(copied_weights, weights)
     assert any(len(s.link_ids) == 3 for s in owned.values())
+
+
+def test_an_owner_batch_of_many_messages_merges_each_in_turn():
+    # every learner batch of a stream reaches the owner in one call, as a
+    # busy owner takes up to 1,000 messages at once: the rows must still be
+    # those of a merge per message, the cut after each
+    config = MFConfig(n_factors=4, seed=5, link_cap=4)
+    in_process, updates = learn_in_batches(config, planted_chains(60, 15), 7)
+    learner = OnlineMF(config)
+    payloads = [p for update in updates for _, p in split_by_owner(update, 3)]
+
+    states, _ = apply_updates(
+        learner, payloads, lambda item_id: ItemState(np.zeros(4, np.float32))
+    )
+
+    items = in_process.items
+    assert any(len(s.link_ids) == 4 for s in states.values())
+    for item_id, state in states.items():
+        ids, weights = items.links_of(items.index[item_id])
+        assert state.link_ids == ids
+        np.testing.assert_array_equal(state.link_weights, weights)
+
+
+@pytest.mark.parametrize("few_links", [64, 0])  # placed, or rows sorted again
+def test_the_merge_of_unique_links_is_the_general_merge(monkeypatch, few_links):
+    monkeypatch.setattr(sequence, "_FEW_LINKS", few_links)
+    rng = np.random.default_rng(7)
+    keys = rng.permutation(50)
+    for _ in range(200):
+        n_rows, cap = int(rng.integers(1, 6)), int(rng.integers(1, 8))
+        row_targets = np.full((n_rows, cap), EMPTY)
+        row_weights = np.zeros((n_rows, cap), np.float32)
+        for row in range(n_rows):
+            used = int(rng.integers(0, cap + 1))
+            targets = rng.choice(50, used, replace=False)
+            # few distinct weights, so that ties are common
+            weights = rng.choice([0.5, 1.0, 2.0], used).astype(np.float32)
+            order = np.lexsort((keys[targets], -weights))
+            row_targets[row, :used] = targets[order]
+            row_weights[row, :used] = weights[order]
+        pairs = {
+            (int(rng.integers(0, n_rows)), int(rng.integers(0, 50)))
+            for _ in range(int(rng.integers(1, 12)))
+        }
+        new_rows, new_targets = np.array(sorted(pairs)).T
+        new_weights = rng.choice([0.25, 0.5, 1.0], len(pairs)).astype(np.float32)
+        args = (row_targets, row_weights, new_rows, new_targets, new_weights)
+
+        expected = merge_rows(*args, tie=lambda t: keys[t])
+        for merge in (merge_unique_rows, merge_links):
+            got = merge(*args, tie=lambda t: keys[t])
+            np.testing.assert_array_equal(got[0], expected[0])
+            np.testing.assert_array_equal(got[1], expected[1])
 
 
 def test_an_item_record_round_trips_with_its_links():
