@@ -22,6 +22,10 @@ from streams.metrics import WorkerMetrics
 
 log = logging.getLogger(__name__)
 
+# Changelog records applied between two turns of the event loop: one fetch
+# of a busy changelog applied at once held the loop for over 20 ms.
+APPLY_CHUNK = 128
+
 
 class ItemReplica:
     """Tails the item table's changelog into an ItemTable."""
@@ -67,7 +71,10 @@ class ItemReplica:
             while True:
                 batch = await consumer.getmany(timeout_ms=100, max_records=20_000)
                 for records in batch.values():
-                    self._apply(records)
+                    for start in range(0, len(records), APPLY_CHUNK):
+                        self._apply(records[start : start + APPLY_CHUNK])
+                        # the loop serves the API and the learner meanwhile
+                        await asyncio.sleep(0)
                 if not self.caught_up.is_set() and await self._reached(consumer, end):
                     self.caught_up.set()
                     log.info("replica caught up: items=%d", len(self.items))

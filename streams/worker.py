@@ -572,6 +572,10 @@ class StreamrecWorker:
                     await self.owner_sink.flush()
                 except Exception:
                     die("applying item updates failed")
+                except asyncio.CancelledError:
+                    # as in _learn: a cancelled batch would be acked with
+                    # its applied chunks never flushed
+                    die("stopped in the middle of an owner batch")
         finally:
             await self.owner_sink.stop()
 
