@@ -99,6 +99,9 @@ MAX_DEAD_LETTER_BYTES = 900_000
 # How often a thread holding the GIL is asked to hand it over (Python: 5 ms).
 GIL_SWITCH_INTERVAL_S = 0.0001
 # Shoppers whose lists are scored between two turns of the event loop.
+# Known shortcoming (#5): while learning 1,000 events/s, steps of 10-35 ms
+# remain (a batch's learning, aiokafka's fetch parsing), and the API's p99
+# is 40-140 ms against 2-5 ms idle (docs/BENCHMARKS.md, "API").
 LIST_CHUNK = 64
 # Item-update messages an owner applies between two turns of the loop.
 OWNER_CHUNK = 4
