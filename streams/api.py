@@ -363,7 +363,7 @@ class StreamrecApi:
 
     @property
     def redis(self) -> Any:
-        """The Redis client of the running loop (the web thread's, in a worker)."""
+        """The Redis client of the loop the pages run on."""
         loop = asyncio.get_running_loop()
         if self._reader is None or self._reader_loop is not loop:
             self._reader, self._reader_loop = async_redis(self.settings), loop
