@@ -567,11 +567,7 @@ class StreamrecWorker:
             # learner batches within it is written (and replicated) once.
             async for batch in stream.take_events(1000, within=OWNER_WINDOW_S):
                 try:
-                    payloads = [record.value for record in batch]
-                    for start in range(0, len(payloads), OWNER_CHUNK):
-                        # let the loop serve between chunks (see LIST_CHUNK)
-                        await asyncio.sleep(0)
-                        self.apply_item_updates(payloads[start : start + OWNER_CHUNK])
+                    await self.apply_item_updates([record.value for record in batch])
                     await self.owner_sink.flush()
                 except Exception:
                     die("applying item updates failed")
@@ -582,13 +578,28 @@ class StreamrecWorker:
         finally:
             await self.owner_sink.stop()
 
-    def apply_item_updates(self, payloads: list[bytes]) -> None:
-        """Apply ``item-updates`` messages to the items this worker owns."""
-        items, refused = apply_updates(self.model, payloads, self._owned_item)
-        for item_id, state in items.items():
+    async def apply_item_updates(self, payloads: list[bytes]) -> None:
+        """Apply ``item-updates`` messages to the items this worker owns,
+        :data:`OWNER_CHUNK` at a time with a turn of the loop between (see
+        LIST_CHUNK); each item changed is written once for the whole batch."""
+        changed: dict[str, ItemState] = {}
+
+        def load(item_id: str) -> ItemState:
+            state = changed.get(item_id)  # an earlier chunk's result
+            return self._owned_item(item_id) if state is None else state
+
+        refused = 0
+        for start in range(0, len(payloads), OWNER_CHUNK):
+            await asyncio.sleep(0)
+            items, chunk_refused = apply_updates(
+                self.model, payloads[start : start + OWNER_CHUNK], load
+            )
+            changed.update(items)
+            refused += chunk_refused
+        for item_id, state in changed.items():
             value = encode_item(state)
             self._store(self.items_table, item_id, value, self.owner_sink)
-        self.metrics.item_updates.inc(len(items))
+        self.metrics.item_updates.inc(len(changed))
         self.metrics.nonfinite.labels("item").inc(refused)
 
     def _owned_item(self, item_id: str) -> ItemState:

@@ -76,3 +76,42 @@ def test_a_non_finite_step_is_refused_and_counted() -> None:
 
     assert refused == 1
     assert all(np.isfinite(s.vector).all() for s in states.values())
+
+
+def test_a_batch_applied_in_chunks_ends_where_one_pass_ends() -> None:
+    # the worker applies an owner batch a few messages at a time, each chunk
+    # loading what the earlier ones changed (StreamrecWorker.apply_item_updates)
+    config = MFConfig(n_factors=4, seed=5)
+    learner = OnlineMF(config)
+    payloads = []
+    for _ in range(6):
+        update = learned_update(learner, {})  # new shoppers: nothing is a duplicate
+        learner.apply_item_update(update)
+        payloads += [payload for _, payload in split_by_owner(update, 1)]
+
+    def fresh(item_id: str) -> ItemState:
+        return ItemState(initial_factors(item_id, 4, config.init_scale, config.seed))
+
+    whole, _ = apply_updates(OnlineMF(config), payloads, fresh)
+    chunked: dict[str, ItemState] = {}
+    owner = OnlineMF(config)
+    for start in range(0, len(payloads), 2):
+        part, _ = apply_updates(
+            owner,
+            payloads[start : start + 2],
+            lambda i: chunked[i] if i in chunked else fresh(i),
+        )
+        chunked.update(part)
+
+    assert len(payloads) == 6 and set(chunked) == set(whole)
+    assert any(state.link_ids for state in whole.values())
+    for item_id, state in whole.items():
+        other = chunked[item_id]
+        np.testing.assert_array_equal(other.vector, state.vector)
+        assert (other.bias, other.count, other.accum) == (
+            state.bias,
+            state.count,
+            state.accum,
+        )
+        assert other.link_ids == state.link_ids
+        np.testing.assert_array_equal(other.link_weights, state.link_weights)
