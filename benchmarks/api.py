@@ -524,10 +524,20 @@ def render(result: dict[str, Any]) -> str:
             f"{result['late_sends']:,} sent over 1 ms late)",
             "  latency    "
             + ms(result["latency_s"], "p50", "p90", "p99", "max")
-            + "   (from when each was due)",
-            "  service    "
-            + ms(result["service_s"], "p50", "p99")
-            + "   (from when each was sent)",
+            + (
+                "   (from each send; vegeta sends when due)"
+                if result["load_tool"] == "vegeta"
+                else "   (from when each was due)"
+            ),
+            *(
+                []
+                if result["load_tool"] == "vegeta"
+                else [
+                    "  service    "
+                    + ms(result["service_s"], "p50", "p99")
+                    + "   (from when each was sent)"
+                ]
+            ),
             "  in worker  "
             + ms(result["server_s"], "p50", "p99")
             + "   (streamrec_http_request_seconds)",
