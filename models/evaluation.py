@@ -516,9 +516,9 @@ class StreamrecRecommender:
         if rest:
             order = model.popularity_order()
             for test in rest:
-                skip = set(self._rows(request.exclude[test]).tolist())
-                skip.update(model.items.known_rows(model._hidden(profiles[test])))
-                picked = list(islice((r for r in order.tolist() if r not in skip), n))
+                picked = model.popular_rows(
+                    profiles[test], order, n, self._rows(request.exclude[test])
+                )
                 out[test, : len(picked)] = self._index_of_row[picked]
         return out
 

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
+from itertools import islice
 
 import numpy as np
 
@@ -812,21 +813,29 @@ class OnlineMF:
             )
         return result
 
+    def popular_rows(
+        self,
+        profile: UserProfile,
+        order: np.ndarray,
+        k: int,
+        exclude: np.ndarray | None = None,
+    ) -> list[int]:
+        """The popularity fallback: the first ``k`` rows of ``order`` (see
+        :meth:`popularity_order`) that are neither hidden from the shopper
+        nor in ``exclude``."""
+        if k <= 0:
+            return []
+        skip = set(self.items.known_rows(self._hidden(profile)).tolist())
+        if exclude is not None:
+            skip.update(exclude.tolist())
+        # lazily: the head of the order is all that is usually read
+        return list(islice((r for r in map(int, order) if r not in skip), k))
+
     def _top_popular(
         self, user_id: str, profile: UserProfile, order: np.ndarray, k: int
     ) -> Recommendation:
-        chosen: list[str] = []
-        scores: list[float] = []
-        if k <= 0:
-            return Recommendation(user_id, chosen, scores, False)
-        hidden = set(self._hidden(profile))
+        rows = self.popular_rows(profile, order, k)
         ids, counts = self.items.ids, self.items.counts
-        for row in order:
-            item_id = ids[row]
-            if item_id in hidden:
-                continue
-            chosen.append(item_id)
-            scores.append(float(counts[row]))
-            if len(chosen) == k:
-                break
-        return Recommendation(user_id, chosen, scores, False)
+        return Recommendation(
+            user_id, [ids[r] for r in rows], [float(counts[r]) for r in rows], False
+        )
