@@ -19,11 +19,15 @@ COPY producers/ producers/
 COPY streams/ streams/
 RUN pip install .
 
-# An unprivileged user; the worker keeps its state under /app/.run.
+# An unprivileged user; the worker keeps its state under /app/.run. The
+# model's compiled kernels are cached in /app/.numba, filled at build time so
+# that a worker starts without compiling them (python -m models.warmup).
+ENV NUMBA_CACHE_DIR=/app/.numba
 RUN useradd --create-home --uid 10001 streamrec \
-    && mkdir -p /app/.run \
-    && chown streamrec /app/.run
+    && mkdir -p /app/.run /app/.numba \
+    && chown streamrec /app/.run /app/.numba
 USER streamrec
+RUN python -m models.warmup
 
 # The worker's HTTP API and Prometheus metrics (STREAMREC_WEB_PORT).
 EXPOSE 6066

@@ -102,7 +102,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         baseline = 0.0
         for label, candidate in switched_off(config):
-            model = StreamrecRecommender(candidate)
+            model = StreamrecRecommender(candidate, compiled=True)
             result = evaluate(stream, model, args.batch_size, args.half)
             baseline = baseline or result.metrics()["hr@20"]
             print(row(label, result, baseline))

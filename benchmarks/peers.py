@@ -87,7 +87,7 @@ def make_factory(
         "implicit-ALS": lambda: peers.PeriodicALS(len(stream)),
         "ISGD": peers.ISGD,
         "sequential-rules": peers.SequentialRules,
-        "streamrec": lambda: StreamrecRecommender(config),
+        "streamrec": lambda: StreamrecRecommender(config, compiled=True),
     }
     return factories[name]
 

@@ -71,7 +71,9 @@ def load(dataset: str, limit: int | None) -> Stream:
 
 
 def run(stream: Stream, config: MFConfig, batch_size: int) -> EvaluationResult:
-    return prequential(stream, StreamrecRecommender(config), batch_size=batch_size)
+    return prequential(
+        stream, StreamrecRecommender(config, compiled=True), batch_size=batch_size
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

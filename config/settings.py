@@ -139,7 +139,7 @@ class Settings(BaseSettings):
     )
 
     # --- learning -----------------------------------------------------------
-    n_factors: int = Field(32, ge=1, le=1024, description="Latent factors")
+    n_factors: int = Field(16, ge=1, le=1024, description="Latent factors")
     learning_rate: float = Field(0.05, gt=0, le=10, description="SGD step size")
     regularization: float = Field(0.01, ge=0, le=10, description="L2 penalty")
     n_negatives: int = Field(4, ge=0, le=100, description="Sampled negatives/event")

@@ -303,6 +303,13 @@ def prequential(
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    whole = getattr(model, "whole_stream", None)
+    if batch_size == 1 and whole is not None:
+        result = whole(stream, n)
+        if result is not None:
+            if progress is not None:
+                progress(len(stream))
+            return result
     history = _History(len(stream.user_ids))
     users, items = stream.users.tolist(), stream.items.tolist()
     rank_parts: list[np.ndarray] = []
@@ -456,10 +463,19 @@ class StreamrecRecommender:
     indices and the model's rows are mapped by arrays, with no ids on the way.
     A shopper's tests in one batch are scored from the same state, as the
     worker scores each shopper of a batch once.
+
+    With ``compiled``, a whole stream at micro-batch 1 is replayed instead by
+    :func:`models.compiled_replay.prequential_compiled` (the same learning,
+    kernel for kernel, in one compiled loop; see that module for what differs
+    and how it is checked); the replayer then stays untrained.
     """
 
-    def __init__(self, config: MFConfig, name: str = "streamrec") -> None:
+    def __init__(
+        self, config: MFConfig, name: str = "streamrec", *, compiled: bool = False
+    ) -> None:
         self.name = name
+        self.config = config
+        self.compiled = compiled
         self.replayer = Replayer(config)
         self._index: dict[str, int] = {}
         # model row -> harness index, and harness index -> model row (-1: the
@@ -485,6 +501,19 @@ class StreamrecRecommender:
             rows[: len(self._row_of_index)] = self._row_of_index
             rows[new] = np.arange(known, len(items))
             self._row_of_index = rows
+
+    def whole_stream(self, stream: Stream, n: int) -> EvaluationResult | None:
+        """The compiled replay of ``stream`` when asked for and it applies
+        (a fresh model; see :func:`models.compiled_replay.supports`)."""
+        from models import compiled_replay  # it imports this module
+
+        if not self.compiled or self.replayer.profiles:
+            return None
+        if not compiled_replay.supports(stream, self.config):
+            return None
+        return compiled_replay.prequential_compiled(
+            stream, self.config, n=n, name=self.name
+        )
 
     def _rows(self, before: np.ndarray) -> np.ndarray:
         inside = before[before < len(self._row_of_index)]

@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 import msgspec
 import numpy as np
 
-from models.sequence import EMPTY, id_key, merge_links, merge_unique_rows
+from models.kernels import normal_factors
+from models.sequence import EMPTY, id_key, merge_links_into, merge_unique_into
 
 FLOAT = np.float32
 
@@ -27,8 +28,8 @@ def initial_factors(key: str, n_factors: int, scale: float, seed: int) -> np.nda
     update has reached it.
     """
     digest = hashlib.blake2b(f"{seed}:{key}".encode(), digest_size=8).digest()
-    rng = np.random.default_rng(int.from_bytes(digest, "little"))
-    return (rng.standard_normal(n_factors) * scale).astype(FLOAT)
+    # 63 bits: the kernel takes a signed 64-bit seed
+    return normal_factors(int.from_bytes(digest, "little") >> 1, n_factors, scale)
 
 
 class ItemTable:
@@ -121,20 +122,16 @@ class ItemTable:
         ``unique``: the caller knows each (source, target) pair is there once."""
         if not len(sources) or not self.link_cap:
             return
-        sources = np.asarray(sources, np.int64)
-        targets = np.asarray(targets, np.int64)
-        rows, position = np.unique(sources, return_inverse=True)
-        merge = merge_unique_rows if unique else merge_links
-        new_targets, new_weights = merge(
-            self._link_targets[rows],
-            self._link_weights[rows],
-            position.ravel(),
+        # in place on the table: only the sources' rows are read or written
+        merge = merge_unique_into if unique else merge_links_into
+        merge(
+            self._link_targets,
+            self._link_weights,
+            sources,
             targets,
             weights,
-            lambda t: self._keys[t],
+            self._keys,
         )
-        self._link_targets[rows] = new_targets
-        self._link_weights[rows] = new_weights
         self.version += 1
 
     def popular(self, n: int) -> np.ndarray:

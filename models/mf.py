@@ -35,6 +35,7 @@ caller applies them at once with :meth:`OnlineMF.apply_item_update`.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from itertools import islice
@@ -43,6 +44,13 @@ import numpy as np
 
 from models.events import Event
 from models.items import FLOAT, ItemTable
+from models.kernels import (
+    adagrad_steps,
+    bpr_batch,
+    candidate_lists,
+    draw_items,
+    finish_lists,
+)
 from models.profiles import UserProfile
 from models.sequence import (
     EMPTY,
@@ -53,6 +61,14 @@ from models.sequence import (
 
 # Shoppers scored per matrix product: bounds the (users x items) score matrix.
 _SCORE_CHUNK = 256
+_NO_ROWS = np.zeros(0, np.int64)
+_NONE = np.zeros(0, np.float32)
+
+
+def _zeros(n: int) -> np.ndarray:
+    return np.zeros(n, np.float32)
+
+
 # Up to this many items every item is scored (MFConfig.candidate_popular):
 # measured on this machine, below it one product over the whole catalogue
 # costs less than gathering a shopper's candidates.
@@ -70,7 +86,9 @@ DEFAULT_EVENT_WEIGHTS: Mapping[str, float] = {
 class MFConfig:
     """Hyper-parameters; ``config.Settings`` carries the same names."""
 
-    n_factors: int = 32
+    # 16: as good as 32 on both first halves (MovieLens 9,489 vs 9,454 hits,
+    # Taobao 94 vs 94), at half the cost of a list (docs/BENCHMARKS.md)
+    n_factors: int = 16
     learning_rate: float = 0.05
     regularization: float = 0.01
     n_negatives: int = 4
@@ -293,6 +311,8 @@ class OnlineMF:
         # rows of recent positives, the popular share of the negatives
         self._positives = np.zeros(max(1, config.negative_memory), np.int64)
         self._positives_seen = 0
+        # scratch of the candidate lists: a candidate's place, per item row
+        self._slot = np.zeros(0, np.int64)
 
     def new_profile(self, user_id: str) -> UserProfile:
         c = self.config
@@ -306,11 +326,11 @@ class OnlineMF:
         """Learn one micro-batch; updates ``profiles`` in place (missing ones
         are created) and returns the item gradients for the items' owner.
 
-        Known shortcoming (#3): at micro-batch 1 an event costs about a
-        hundred small numpy calls here and in :meth:`apply_item_update`
-        (gradients, Adagrad, the link merge), some 0.4 ms, which is what keeps
-        the in-process rate near River's instead of 10x above it; a compiled
-        per-event step would be needed for that.
+        The arithmetic is compiled (``models/kernels.py``); what is left in
+        Python is per event and per shopper bookkeeping (ids to rows,
+        profiles), some 0.2 ms an event at micro-batch 1. The in-process
+        replay at micro-batch 1 runs the same kernels in one compiled loop
+        instead (``models/compiled_replay.py``).
         """
         fresh = self._drop_duplicates(events, profiles)
         if not fresh:
@@ -326,11 +346,11 @@ class OnlineMF:
         )
         negative_rows = self._sample_negatives(len(fresh))
         self._remember_positives(positive_rows)
-        grads = self._gradients(
+        user_steps, rows, vector_grads, bias_grads, counts = self._gradients(
             user_matrix, event_users, positive_rows, negative_rows, weights
         )
-        self._apply_user_steps(user_ids, user_matrix, event_users, grads[0], profiles)
-        update = self._item_update(positive_rows, negative_rows, grads[1:])
+        self._apply_user_steps(user_ids, user_matrix, user_steps, profiles)
+        update = self._item_update(rows, vector_grads, bias_grads, counts)
         if self.config.seq_weight:
             self._add_links(update, fresh, positive_rows, profiles)
         self._remember(fresh, profiles)
@@ -346,28 +366,16 @@ class OnlineMF:
         a whole batch moves by at most ``batch_clip`` times one event's step.
         ``accums`` are the rows' sums so far (zeros when not given).
         """
-        limit = self.config.grad_clip * self.config.batch_clip
-        vector_grads = clip_rows(update.vector_grads, limit)
-        bias_grads = np.clip(update.bias_grads, -limit, limit)
+        c = self.config
         n = len(update.item_ids)
-        accums = np.zeros(n, FLOAT) if accums is None else accums
-        added, scale = self._row_scale(vector_grads, bias_grads, accums)
-        vector_steps = -scale[:, None] * vector_grads
-        bias_steps = -scale * bias_grads
-        return vector_steps.astype(FLOAT), bias_steps.astype(FLOAT), added
-
-    def _row_scale(
-        self, vector_grads: np.ndarray, bias_grads: np.ndarray, accums: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Per row: what Adagrad adds to its sum, and its step size."""
-        lr = self.config.learning_rate
-        if not self.config.adagrad:
-            n = len(vector_grads)
-            return np.zeros(n, FLOAT), np.full(n, lr, FLOAT)
-        added = ((vector_grads**2).sum(axis=1) + bias_grads**2).astype(FLOAT)
-        # 1 + G: the first steps are plain SGD's, later ones shrink
-        scale = lr / np.sqrt(1.0 + accums + added)
-        return added, scale.astype(FLOAT)
+        return adagrad_steps(
+            update.vector_grads,
+            update.bias_grads,
+            np.zeros(n, FLOAT) if accums is None else accums,
+            c.learning_rate,
+            c.adagrad,
+            c.grad_clip * c.batch_clip,
+        )
 
     def apply_item_update(self, update: ItemUpdate) -> None:
         """Apply item gradients to this model's own items (the owner's step)."""
@@ -467,13 +475,13 @@ class OnlineMF:
     def _draw_items(self, shape: tuple[int, ...]) -> np.ndarray:
         """Uniform item rows, a ``popular_negatives`` share of them replaced
         by rows of recent positives (popularity-proportional draws)."""
-        rows = self.rng.integers(0, len(self.items), size=shape)
-        share, filled = self.config.popular_negatives, self._positives_seen
-        if share > 0 and filled:
-            popular = self.rng.random(shape) < share
-            memory = self._positives[: min(filled, len(self._positives))]
-            rows[popular] = memory[self.rng.integers(0, len(memory), popular.sum())]
-        return rows
+        filled = self._positives_seen
+        memory = self._positives[: min(filled, len(self._positives))]
+        size = math.prod(shape)
+        rows = draw_items(
+            self.rng, len(self.items), size, self.config.popular_negatives, memory
+        )
+        return rows.reshape(shape)
 
     def _remember_positives(self, rows: np.ndarray) -> None:
         size = len(self._positives)
@@ -489,57 +497,38 @@ class OnlineMF:
         negative_rows: np.ndarray,
         weights: np.ndarray,
     ) -> tuple[np.ndarray, ...]:
+        """The batch's clipped BPR gradients (see :func:`bpr_gradients`),
+        summed per shopper and per item row: one compiled loop."""
         items = self.items
-        if not self.config.item_bias:
-            biases = np.zeros(len(items), FLOAT)
-        else:
-            biases = items.biases
-        grads = bpr_gradients(
-            user_matrix[event_users],
-            items.vectors[positive_rows],
-            items.vectors[negative_rows],
-            biases[positive_rows],
-            biases[negative_rows],
-            weights,
-            self.config.regularization,
-            negative_mask=negative_rows != positive_rows[:, None],
-        )
         # clip: one event may move a vector by at most learning_rate * grad_clip
-        clip = self.config.grad_clip
-        bias_on = 1.0 if self.config.item_bias else 0.0  # off: biases stay 0
-        user, positive, negative, positive_bias, negative_bias = grads
-        if user.dtype == positive.dtype == negative.dtype:
-            # row by row, so one call over all the rows clips each alike
-            n, k = len(user), user.shape[-1]
-            rows = clip_rows(
-                np.concatenate([user, positive, negative.reshape(-1, k)]), clip
-            )
-            user, positive = rows[:n], rows[n : 2 * n]
-            negative = rows[2 * n :].reshape(negative.shape)
-        else:
-            user, positive = clip_rows(user, clip), clip_rows(positive, clip)
-            negative = clip_rows(negative, clip)
-        return (
-            user,
-            positive,
-            negative,
-            bias_on * np.clip(positive_bias, -clip, clip),
-            bias_on * np.clip(negative_bias, -clip, clip),
+        return bpr_batch(
+            user_matrix,
+            event_users,
+            positive_rows,
+            negative_rows,
+            weights,
+            items.vectors,
+            items.biases if self.config.item_bias else _zeros(len(items)),
+            self.config.regularization,
+            self.config.grad_clip,
+            self.config.item_bias,  # off: biases stay 0
         )
 
     def _apply_user_steps(
         self,
         user_ids: list[str],
         user_matrix: np.ndarray,
-        event_users: np.ndarray,
-        user_grads: np.ndarray,
+        steps: np.ndarray,
         profiles: MutableMapping[str, UserProfile],
     ) -> None:
-        steps = np.zeros_like(user_matrix)
-        np.add.at(steps, event_users, user_grads)
         accums = np.fromiter((profiles[u].accum for u in user_ids), FLOAT)
-        added, scale = self._row_scale(steps, np.zeros(len(steps), FLOAT), accums)
-        updated = user_matrix - scale[:, None] * steps
+        # a shopper's summed steps are not clipped again (one shopper's batch
+        # is their own)
+        c = self.config
+        vector_steps, _, added = adagrad_steps(
+            steps, _zeros(len(steps)), accums, c.learning_rate, c.adagrad, np.inf
+        )
+        updated = user_matrix + vector_steps
         finite = np.isfinite(updated).all(axis=1)
         self.nonfinite_users += int((~finite).sum())
         for row, user_id in enumerate(user_ids):
@@ -550,29 +539,11 @@ class OnlineMF:
 
     def _item_update(
         self,
-        positive_rows: np.ndarray,
-        negative_rows: np.ndarray,
-        grads: tuple[np.ndarray, ...],
+        unique_rows: np.ndarray,
+        vector_grads: np.ndarray,
+        bias_grads: np.ndarray,
+        counts: np.ndarray,
     ) -> ItemUpdate:
-        positive_grad, negative_grad, positive_bias_grad, negative_bias_grad = grads
-        all_rows = np.concatenate([positive_rows, negative_rows.ravel()])
-        unique_rows, inverse = np.unique(all_rows, return_inverse=True)
-        vector_grads = np.zeros((len(unique_rows), self.config.n_factors), FLOAT)
-        np.add.at(
-            vector_grads,
-            inverse,
-            np.concatenate(
-                [positive_grad, negative_grad.reshape(-1, positive_grad.shape[1])]
-            ),
-        )
-        bias_grads = np.zeros(len(unique_rows), FLOAT)
-        np.add.at(
-            bias_grads,
-            inverse,
-            np.concatenate([positive_bias_grad, negative_bias_grad.ravel()]),
-        )
-        counts = np.zeros(len(unique_rows), FLOAT)
-        np.add.at(counts, inverse[: len(positive_rows)], 1.0)
         ids = self.items.ids
         return ItemUpdate(
             [ids[r] for r in unique_rows.tolist()],
@@ -641,23 +612,31 @@ class OnlineMF:
 
     def scores(self, profiles: Sequence[UserProfile]) -> np.ndarray:
         """The blended score of every item for each shopper (see the module
-        docstring), shape (shoppers, items)."""
+        docstring), shape (shoppers, items): the numpy statement of what
+        :meth:`top_rows` ranks by (it adds the same terms in a compiled loop)."""
         c, items = self.config, self.items
         users = np.stack([p.vector for p in profiles])
         scores = users @ items.vectors.T
         if c.item_bias:
             scores += items.biases
         if c.seq_weight and items.link_cap:
-            self._add_sequence_scores(scores, profiles)
+            sources, source_weights = self._sources(profiles)
+            add_sequence_scores(
+                scores,
+                items.link_targets,
+                items.link_weights,
+                sources,
+                np.broadcast_to(source_weights, sources.shape),
+            )
         if c.pop_weight:
-            history = np.fromiter((p.n_events for p in profiles), FLOAT)
-            share = c.pop_weight * c.pop_history / (c.pop_history + history)
-            scores += share[:, None] * items.log_counts
+            scores += self._shares(profiles)[:, None] * items.log_counts
         return scores
 
-    def _add_sequence_scores(
-        self, scores: np.ndarray, profiles: Sequence[UserProfile]
-    ) -> None:
+    def _sources(
+        self, profiles: Sequence[UserProfile]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Each shopper's latest distinct items as rows (T, seq_sources),
+        EMPTY where fewer, and the weight of each position (newest first)."""
         c, items = self.config, self.items
         sources = np.full((len(profiles), c.seq_sources), EMPTY, np.int64)
         index = items.index
@@ -665,14 +644,14 @@ class OnlineMF:
             latest = latest_distinct(profile.recent, c.seq_sources)
             rows = [index[i] for i in latest if i in index]
             sources[n, : len(rows)] = rows
-        source_weights = c.seq_weight * c.seq_recency ** np.arange(c.seq_sources)
-        add_sequence_scores(
-            scores,
-            items.link_targets,
-            items.link_weights,
-            sources,
-            np.broadcast_to(source_weights.astype(FLOAT), sources.shape),
-        )
+        weights = c.seq_weight * c.seq_recency ** np.arange(c.seq_sources)
+        return sources, weights.astype(FLOAT)
+
+    def _shares(self, profiles: Sequence[UserProfile]) -> np.ndarray:
+        """Each shopper's weight on popularity: most for short histories."""
+        c = self.config
+        history = np.fromiter((p.n_events for p in profiles), FLOAT, len(profiles))
+        return (c.pop_weight * c.pop_history / (c.pop_history + history)).astype(FLOAT)
 
     def _hidden(self, profile: UserProfile) -> list[str]:
         return profile.items if self.config.exclude_viewed else profile.bought
@@ -692,40 +671,50 @@ class OnlineMF:
         c = self.config
         if c.candidate_popular > 0 and len(items) > CANDIDATE_CATALOGUE:
             return self._top_candidates(profiles, k, exclude)
-        scores = self.scores(profiles)
-
-        # exclude: hidden items score -inf, so they can only come last
-        hidden = [items.known_rows(self._hidden(p)) for p in profiles]
-        if exclude is not None:
-            hidden = [
-                np.concatenate((h, e)) if len(e) else h
-                for h, e in zip(hidden, exclude, strict=True)
-            ]
-        lengths = [len(h) for h in hidden]
-        if sum(lengths):
-            scores[
-                np.repeat(np.arange(len(profiles)), lengths), np.concatenate(hidden)
-            ] = -np.inf
-
-        # rank: partial sort to the k best, then sort those k
         if k <= 0:
             empty = np.zeros((len(profiles), 0))
             return empty.astype(np.int64), empty
-        if len(profiles) == 1:
-            # one shopper: the same partial sort, without the 2-d indexing
-            row = scores[0]
-            best = np.argpartition(-row, k - 1)[:k]
-            best_scores = row[best]
-            order = np.argsort(-best_scores, kind="stable")
-            best, best_scores = best[order][None, :], best_scores[order][None, :]
+        users = np.stack([p.vector for p in profiles])
+        scores = users @ items.vectors.T  # one product; the rest is compiled
+        if c.seq_weight and items.link_cap:
+            sources, source_weights = self._sources(profiles)
         else:
-            best = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-            best_scores = np.take_along_axis(scores, best, axis=1)
-            order = np.argsort(-best_scores, axis=1, kind="stable")
-            best = np.take_along_axis(best, order, axis=1)
-            best_scores = np.take_along_axis(best_scores, order, axis=1)
-        best[~np.isfinite(best_scores)] = -1
-        return best, best_scores
+            sources, source_weights = np.zeros((len(profiles), 0), np.int64), _NONE
+        shares = self._shares(profiles) if c.pop_weight else _zeros(len(profiles))
+        hidden_starts, hidden_rows = self._hidden_rows(profiles, exclude)
+        return finish_lists(
+            scores,
+            items.biases if c.item_bias else _zeros(len(items)),
+            items.log_counts,
+            shares,
+            sources,
+            source_weights,
+            items.link_targets,
+            items.link_weights,
+            hidden_starts,
+            hidden_rows,
+            k,
+        )
+
+    def _hidden_rows(
+        self,
+        profiles: Sequence[UserProfile],
+        exclude: Sequence[np.ndarray] | None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The rows each shopper's list leaves out, flat: shopper ``t``'s are
+        ``rows[starts[t]:starts[t + 1]]`` (hidden items, then ``exclude[t]``)."""
+        items = self.items
+        parts = [items.known_rows(self._hidden(p)) for p in profiles]
+        if exclude is not None:
+            parts = [
+                np.concatenate((h, e)) if len(e) else h
+                for h, e in zip(parts, exclude, strict=True)
+            ]
+        lengths = np.fromiter(map(len, parts), np.int64, len(parts))
+        starts = np.zeros(len(profiles) + 1, np.int64)
+        np.cumsum(lengths, out=starts[1:])
+        rows = np.concatenate(parts) if parts else _NO_ROWS
+        return starts, rows.astype(np.int64, copy=False)
 
     def _top_candidates(
         self,
@@ -737,63 +726,29 @@ class OnlineMF:
         their sources' links and the ``candidate_popular`` most popular items,
         scored as :meth:`scores` does (factors, bias, links, popularity)."""
         c, items = self.config, self.items
-        best = np.full((len(profiles), k), -1, np.int64)
-        best_scores = np.full((len(profiles), k), -np.inf)
-        head = items.popular(c.candidate_popular)
-        weights = (c.seq_weight * c.seq_recency ** np.arange(c.seq_sources)).astype(
-            FLOAT
+        if c.seq_weight and items.link_cap:
+            sources, source_weights = self._sources(profiles)
+        else:
+            sources, source_weights = np.zeros((len(profiles), 0), np.int64), _NONE
+        if len(self._slot) < len(items):
+            self._slot = np.full(2 * len(items), -1, np.int64)
+        hidden_starts, hidden_rows = self._hidden_rows(profiles, exclude)
+        return candidate_lists(
+            np.stack([p.vector for p in profiles]),
+            items.vectors,
+            items.biases if c.item_bias else _zeros(len(items)),
+            items.log_counts,
+            self._shares(profiles) if c.pop_weight else _zeros(len(profiles)),
+            sources,
+            source_weights,
+            items.link_targets,
+            items.link_weights,
+            items.popular(c.candidate_popular),
+            hidden_starts,
+            hidden_rows,
+            k,
+            self._slot,
         )
-        for n, profile in enumerate(profiles):
-            targets, amounts = self._linked(profile, weights)
-            candidates = np.unique(np.concatenate((targets, head)))
-            scores = (profile.vector[None, :] @ items.vectors[candidates].T)[0]
-            if c.item_bias:
-                scores += items.biases[candidates]
-            if len(targets):
-                np.add.at(scores, np.searchsorted(candidates, targets), amounts)
-            if c.pop_weight:
-                share = (
-                    c.pop_weight * c.pop_history / (c.pop_history + profile.n_events)
-                )
-                scores += FLOAT(share) * items.log_counts[candidates]
-            hidden = items.known_rows(self._hidden(profile))
-            if exclude is not None and len(exclude[n]):
-                hidden = np.concatenate((hidden, exclude[n]))
-            if len(hidden):
-                at = np.searchsorted(candidates, hidden)
-                inside = at < len(candidates)
-                at, hidden = at[inside], hidden[inside]
-                scores[at[candidates[at] == hidden]] = -np.inf
-            m = min(k, len(candidates))
-            if m <= 0:
-                continue
-            top = (
-                np.argpartition(-scores, m - 1)[:m]
-                if m < len(candidates)
-                else np.arange(len(candidates))
-            )
-            order = np.argsort(-scores[top], kind="stable")
-            top = top[order]
-            finite = np.isfinite(scores[top])
-            best[n, :m] = np.where(finite, candidates[top], -1)
-            best_scores[n, :m] = scores[top]
-        return best, best_scores
-
-    def _linked(
-        self, profile: UserProfile, weights: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Targets and weighted amounts of the links from a shopper's latest
-        distinct items (a target may repeat, once per source)."""
-        c, items = self.config, self.items
-        if not (c.seq_weight and items.link_cap):
-            return np.zeros(0, np.int64), np.zeros(0, FLOAT)
-        index = items.index
-        latest = latest_distinct(profile.recent, c.seq_sources)
-        rows = np.fromiter((index[i] for i in latest if i in index), np.int64)
-        targets = items.link_targets[rows]
-        amounts = items.link_weights[rows] * weights[: len(rows), None]
-        present = (targets != EMPTY) & (amounts != 0)
-        return targets[present], amounts[present]
 
     def _top_personal(
         self, profiles: list[UserProfile], user_ids: list[str], k: int

@@ -21,12 +21,14 @@ track drifting co-occurrence better.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
+import numba
 import numpy as np
 
 FLOAT = np.float32
 EMPTY = -1  # an unused slot of a link row
+_INT64, _FLOAT32 = np.dtype(np.int64), np.dtype(FLOAT)  # the kernel's dtypes
 # a (row, target) pair as one int64 key: both are table rows, below 2**31
 _SHIFT = 31
 _MASK = (1 << _SHIFT) - 1
@@ -53,27 +55,68 @@ def batch_links(
     With ``backward`` > 0 the item also links back to each earlier one, at
     that share of the forward weight (items met together, in either order).
     """
-    sources: list[int] = []
-    targets: list[int] = []
-    amounts: list[float] = []
-    inverse = [1.0 / d for d in range(1, steps + 1)]
-    for history, item, weight in zip(histories, items, weights, strict=True):
-        for distance, earlier in enumerate(reversed(history[-steps:])):
-            if earlier != item:
-                sources.append(earlier)
-                targets.append(item)
-                amounts.append(weight * inverse[distance])
-                if backward:
-                    sources.append(item)
-                    targets.append(earlier)
-                    amounts.append(backward * weight * inverse[distance])
-    if not sources:
-        empty = np.zeros(0, np.int64)
-        return empty, empty, np.zeros(0, FLOAT)
-    pairs = np.asarray(sources, np.int64) << _SHIFT | np.asarray(targets, np.int64)
-    unique, inverse_index = np.unique(pairs, return_inverse=True)
-    summed = np.bincount(inverse_index, weights=amounts, minlength=len(unique))
-    return unique >> _SHIFT, unique & _MASK, summed.astype(FLOAT)
+    lengths = np.fromiter(
+        (min(len(h), steps) for h in histories), np.int64, len(histories)
+    )
+    starts = np.zeros(len(histories) + 1, np.int64)
+    np.cumsum(lengths, out=starts[1:])
+    flat = np.fromiter(
+        (row for h in histories for row in h[len(h) - min(len(h), steps) :]),
+        np.int64,
+        int(starts[-1]),
+    )
+    return _batch_links(
+        flat,
+        starts,
+        np.asarray(items, np.int64),
+        np.asarray(weights, np.float64),
+        float(backward),
+    )
+
+
+@numba.njit(cache=True)
+def _batch_links(
+    histories: np.ndarray,
+    starts: np.ndarray,
+    items: np.ndarray,
+    weights: np.ndarray,
+    backward: float,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`batch_links` on flat histories (event ``k``'s counted entries
+    are ``histories[starts[k]:starts[k + 1]]``, newest last)."""
+    n_pairs = 0
+    for k in range(len(items)):
+        n_pairs += starts[k + 1] - starts[k]
+    size = 2 * n_pairs if backward else n_pairs
+    keys = np.empty(size, np.int64)
+    amounts = np.empty(size, np.float64)
+    n = 0
+    for k in range(len(items)):
+        item = items[k]
+        for distance in range(starts[k + 1] - starts[k]):
+            earlier = histories[starts[k + 1] - 1 - distance]
+            if earlier == item:
+                continue
+            inverse = 1.0 / (distance + 1)
+            keys[n] = earlier << _SHIFT | item
+            amounts[n] = weights[k] * inverse
+            n += 1
+            if backward:
+                keys[n] = item << _SHIFT | earlier
+                amounts[n] = backward * weights[k] * inverse
+                n += 1
+    # sum per pair, in the order met (stable), in float64 as numpy's bincount
+    order = np.argsort(keys[:n], kind="mergesort")
+    unique = np.empty(n, np.int64)
+    summed = np.zeros(n, np.float64)
+    m = -1
+    for at in order:
+        if m < 0 or keys[at] != unique[m]:
+            m += 1
+            unique[m] = keys[at]
+        summed[m] += amounts[at]
+    unique = unique[: m + 1]
+    return unique >> _SHIFT, unique & _MASK, summed[: m + 1].astype(np.float32)
 
 
 def merge_rows(
@@ -82,15 +125,18 @@ def merge_rows(
     new_rows: np.ndarray,
     new_targets: np.ndarray,
     new_weights: np.ndarray,
-    tie: Callable[[np.ndarray], np.ndarray],
+    keys: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Add new links to link rows and keep the strongest ``cap`` of each.
 
     ``row_targets``/``row_weights`` (S, cap) are the current rows (EMPTY
-    slots unused); new link ``n`` goes to row ``new_rows[n]``. ``tie`` maps
-    targets to the key that orders equal weights (smaller first). Rows and
-    targets are indices below 2**31. Returns the
+    slots unused); new link ``n`` goes to row ``new_rows[n]``. ``keys[t]``
+    orders equal weights of target ``t`` (smaller first; equal keys to the
+    smaller target). Rows and targets are indices below 2**31. Returns the
     new (S, cap) rows, strongest first.
+
+    The reference merge, for any rows and any new links; the learner and the
+    owner use :func:`merge_links_into`, which gives the same rows.
     """
     n_rows, cap = row_targets.shape
     used = row_targets != EMPTY
@@ -105,7 +151,7 @@ def merge_rows(
     np.add.at(summed, inverse, weights)
     rows, targets = unique >> _SHIFT, unique & _MASK
     # cut: per row by weight, strongest first, ties by the target's key
-    order = np.lexsort((tie(targets), -summed, rows))
+    order = np.lexsort((keys[targets], -summed, rows))
     rows, targets, summed = rows[order], targets[order], summed[order]
     starts = np.searchsorted(rows, rows, side="left")
     rank = np.arange(len(rows)) - starts
@@ -117,159 +163,224 @@ def merge_rows(
     return out_targets, out_weights
 
 
-def merge_unique_rows(
+def merge_links_into(
     row_targets: np.ndarray,
     row_weights: np.ndarray,
     new_rows: np.ndarray,
     new_targets: np.ndarray,
     new_weights: np.ndarray,
-    tie: Callable[[np.ndarray], np.ndarray],
-) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`merge_rows` for new links whose (row, target) pairs are unique
-    (what :func:`batch_links` gives) into rows kept as it leaves them
-    (strongest first, ties to the smaller key, unused slots last): the same
-    result, cheaper.
+    keys: np.ndarray,
+) -> None:
+    """:func:`merge_rows` in place, for rows kept in its cut order (every row
+    this project stores): by :func:`merge_unique_into` when the new (row,
+    target) pairs are unique (one message's or batch's summed links), else by
+    :func:`merge_rows` on the rows the links touch.
 
-    A new link already in its row adds to that slot's weight (float32, the old
-    weight first, as :func:`merge_rows` sums). A row that gets one new link
-    (at micro-batch 1, every source but the event's item) only moves that one
-    entry to its place, found by comparing it with the row; a row that gets
-    several is sorted again.
+    ``row_targets`` (int64) and ``row_weights`` (float32) may be a whole
+    table: only the rows in ``new_rows`` are read or written.
     """
-    new_rows = np.asarray(new_rows, np.int64)
-    new_targets = np.asarray(new_targets, np.int64)
-    new_weights = np.asarray(new_weights, FLOAT)
-    if len(new_rows) <= _FEW_LINKS:
-        return _place(row_targets, row_weights, new_rows, new_targets, new_weights, tie)
+    links = _kernel_args(
+        row_targets, row_weights, new_rows, new_targets, new_weights, keys
+    )
+    if _pairs_unique(links[2], links[3]):
+        _merge_unique_into(*links)
+        return
+    _, _, new_rows, new_targets, new_weights, keys = links
     rows, position = np.unique(new_rows, return_inverse=True)
-    out_targets = np.array(row_targets, np.int64)
-    out_weights = np.array(row_weights, FLOAT)
-    out_targets[rows], out_weights[rows] = _sort_in(
+    row_targets[rows], row_weights[rows] = merge_rows(
         row_targets[rows],
         row_weights[rows],
         position.ravel(),
         new_targets,
         new_weights,
-        tie,
+        keys,
     )
-    return out_targets, out_weights
 
 
-# Up to this many new links, each is placed by comparing it with its row;
-# past it (big batches), the rows are sorted again.
-_FEW_LINKS = 64
-
-
-def _place(
+def merge_unique_into(
     row_targets: np.ndarray,
     row_weights: np.ndarray,
     new_rows: np.ndarray,
     new_targets: np.ndarray,
     new_weights: np.ndarray,
-    tie: Callable[[np.ndarray], np.ndarray],
-) -> tuple[np.ndarray, np.ndarray]:
-    """Unique new links into rows kept in cut order, without sorting a row:
-    the entries a link does not touch keep their order, so each changed
-    entry's place is the number of entries that come before it."""
-    n_rows, cap = row_targets.shape
-    targets, weights = row_targets[new_rows], row_weights[new_rows]  # (m, cap)
-    match = targets == new_targets[:, None]
-    found = match.any(axis=1)
-    hit = np.flatnonzero(found)
-    column = match[hit].argmax(axis=1)
-    summed = new_weights.copy()
-    summed[hit] = weights[hit, column] + new_weights[hit]
-    used = row_targets != EMPTY
-    unchanged = used.copy()
-    unchanged[new_rows[hit], column] = False
-    key = tie(new_targets)
-    keys = tie(np.where(targets != EMPTY, targets, 0))
-    # place: the row's untouched entries before the new weight ...
-    weight = summed[:, None]
-    before = unchanged[new_rows] & (
-        (weights > weight) | ((weights == weight) & (keys < key[:, None]))
-    )
-    # ... and the row's other changed entries before it
-    order = np.lexsort((key, -summed, new_rows))
-    ranked_rows = new_rows[order]
-    rank = np.empty(len(order), np.int64)
-    rank[order] = np.arange(len(order)) - np.searchsorted(ranked_rows, ranked_rows)
-    place = before.sum(axis=1) + rank
-    # fill: the untouched entries, in order, take the places left
-    fresh = np.bincount(new_rows[~found], minlength=n_rows)
-    width = cap + int(fresh.max())
-    length = used.sum(axis=1) + fresh
-    taken = np.zeros((n_rows, width), bool)
-    taken[new_rows, place] = True
-    left = ~taken & (np.arange(width) < length[:, None])
-    out_targets = np.full((n_rows, width), EMPTY, np.int64)
-    out_weights = np.zeros((n_rows, width), FLOAT)
-    out_targets[left] = row_targets[unchanged]
-    out_weights[left] = row_weights[unchanged]
-    out_targets[new_rows, place] = new_targets
-    out_weights[new_rows, place] = summed
-    return out_targets[:, :cap], out_weights[:, :cap]
+    keys: np.ndarray,
+) -> None:
+    """:func:`merge_rows` in place, for new links whose (row, target) pairs
+    are unique (what :func:`batch_links` gives) into rows kept in its cut
+    order: the same rows, without its sort, in a few microseconds a call
+    (numpy's per-call overhead made the merge about a sixth of an event's
+    time at micro-batch 1).
 
-
-def _sort_in(
-    row_targets: np.ndarray,
-    row_weights: np.ndarray,
-    new_rows: np.ndarray,
-    new_targets: np.ndarray,
-    new_weights: np.ndarray,
-    tie: Callable[[np.ndarray], np.ndarray],
-) -> tuple[np.ndarray, np.ndarray]:
-    """Unique new links into rows, each row sorted again: the sums in place,
-    the new targets in spare columns past the cap, one sort, the cut."""
-    n_rows, cap = row_targets.shape
-    weights = np.array(row_weights, dtype=FLOAT)
-    # find: each new link's slot in its row, if the target is there already
-    match = row_targets[new_rows] == new_targets[:, None]
-    found = match.any(axis=1)
-    hit = np.flatnonzero(found)
-    if len(hit):
-        weights[new_rows[hit], match[hit].argmax(axis=1)] += new_weights[hit]
-    fresh = np.flatnonzero(~found)
-    targets = row_targets
-    if len(fresh):
-        # append: the row's k-th fresh link goes to spare column cap + k
-        fresh_rows = new_rows[fresh]
-        order = np.argsort(fresh_rows, kind="stable")
-        fresh, fresh_rows = fresh[order], fresh_rows[order]
-        slot = np.arange(len(fresh)) - np.searchsorted(fresh_rows, fresh_rows)
-        spare = int(slot.max()) + 1
-        targets = np.concatenate(
-            [row_targets, np.full((n_rows, spare), EMPTY, np.int64)], axis=1
+    ``row_targets`` (int64) and ``row_weights`` (float32) may be a whole
+    table: only the rows in ``new_rows`` are read or written.
+    """
+    _merge_unique_into(
+        *_kernel_args(
+            row_targets, row_weights, new_rows, new_targets, new_weights, keys
         )
-        weights = np.concatenate([weights, np.zeros((n_rows, spare), FLOAT)], axis=1)
-        targets[fresh_rows, cap + slot] = new_targets[fresh]
-        weights[fresh_rows, cap + slot] = new_weights[fresh]
-    unused = targets == EMPTY
-    keys = tie(np.where(unused, 0, targets))
-    # cut: per row, strongest first, ties to the smaller key, unused last
-    order = np.lexsort((keys, np.where(unused, np.inf, -weights)), axis=-1)[:, :cap]
-    return (
-        np.take_along_axis(targets, order, axis=1),
-        np.take_along_axis(weights, order, axis=1),
     )
 
 
-def merge_links(
+def _kernel_args(
     row_targets: np.ndarray,
     row_weights: np.ndarray,
     new_rows: np.ndarray,
     new_targets: np.ndarray,
     new_weights: np.ndarray,
-    tie: Callable[[np.ndarray], np.ndarray],
-) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`merge_rows` for rows kept in its cut order (every row this
-    project stores), by :func:`merge_unique_rows` when the new (row, target)
-    pairs are unique (one message's or batch's summed links)."""
-    new_rows = np.asarray(new_rows, np.int64)
-    new_targets = np.asarray(new_targets, np.int64)
+    keys: np.ndarray,
+) -> tuple[np.ndarray, ...]:
+    """The arguments in the kernel's dtypes, so that it compiles once."""
+    # the rows change in place: a converted copy would drop the result
+    if row_targets.dtype != _INT64 or row_weights.dtype != _FLOAT32:
+        raise TypeError("link rows must be int64 targets and float32 weights")
+    if row_targets.shape != row_weights.shape:
+        raise ValueError("link targets and weights differ in shape")
+    new_rows = np.asarray(new_rows, _INT64)
+    new_targets = np.asarray(new_targets, _INT64)
+    # rounded to float32 before the sum, as merge_rows rounds them
+    new_weights = np.asarray(new_weights, _FLOAT32)
+    if not len(new_rows) == len(new_targets) == len(new_weights):
+        raise ValueError("new links differ in length")
+    keys = np.asarray(keys, _INT64)
+    return row_targets, row_weights, new_rows, new_targets, new_weights, keys
+
+
+@numba.njit(cache=True)
+def _pairs_unique(new_rows: np.ndarray, new_targets: np.ndarray) -> bool:
+    """Whether no (row, target) pair is among the new links twice."""
     pairs = np.sort(new_rows << _SHIFT | new_targets)
-    merge = merge_unique_rows if (pairs[1:] > pairs[:-1]).all() else merge_rows
-    return merge(row_targets, row_weights, new_rows, new_targets, new_weights, tie)
+    return not (pairs[1:] == pairs[:-1]).any()
+
+
+@numba.njit(cache=True)
+def _comes_first(
+    weight: np.float32,
+    key: np.int64,
+    target: np.int64,
+    other_weight: np.float32,
+    other_key: np.int64,
+    other_target: np.int64,
+) -> bool:
+    """Whether a used entry goes before another in merge_rows's cut order:
+    its lexsort on (-weight, key, target), where a NaN weight sorts last."""
+    if weight > other_weight:
+        return True
+    if weight < other_weight:
+        return False
+    if weight != weight:  # NaN: after every number, equal to another NaN
+        if other_weight == other_weight:
+            return False
+    elif other_weight != other_weight:
+        return True
+    if key != other_key:
+        return key < other_key
+    return target < other_target
+
+
+@numba.njit(cache=True)
+def _ahead(
+    weight: np.float32,
+    target: np.int64,
+    other_weight: np.float32,
+    other_target: np.int64,
+    keys: np.ndarray,
+) -> bool:
+    """:func:`_comes_first`, reading the two keys only when the weights tie
+    (a key is a load from anywhere in the table)."""
+    if weight > other_weight:
+        return True
+    if weight < other_weight:
+        return False
+    return _comes_first(
+        weight, keys[target], target, other_weight, keys[other_target], other_target
+    )
+
+
+@numba.njit(cache=True)
+def _holds(targets: np.ndarray, target: int) -> bool:
+    """Whether a row holds ``target``: a count over the whole row, which
+    the compiler vectorises, where a scan that stops at the match cannot be
+    (unused slots are EMPTY, never a target)."""
+    count = 0
+    for s in range(len(targets)):
+        count += targets[s] == target
+    return count > 0
+
+
+@numba.njit(cache=True)
+def _merge_unique_into(
+    row_targets: np.ndarray,
+    row_weights: np.ndarray,
+    new_rows: np.ndarray,
+    new_targets: np.ndarray,
+    new_weights: np.ndarray,
+    keys: np.ndarray,
+) -> None:
+    """The merge of :func:`merge_unique_into`: sums first, then inserts.
+
+    Every link whose target is in its row first adds its weight and moves to
+    its new place; only then are the fresh targets inserted, each at its
+    place, the row's weakest entry dropping past the cap. In that order an
+    entry that a fresh target pushes out gains nothing later, so each row
+    ends as the ``cap`` strongest of its sums, as merge_rows cuts them.
+    """
+    n_rows, cap = row_targets.shape
+    n_keys = len(keys)
+    # numba does not check bounds: refuse bad links before touching a row
+    for n in range(len(new_rows)):
+        if new_rows[n] < 0 or new_rows[n] >= n_rows:
+            raise IndexError("a new link's row is out of range")
+        if new_targets[n] < 0 or new_targets[n] >= n_keys:
+            raise IndexError("a new link's target has no key")
+    fresh = np.zeros(len(new_rows), np.bool_)
+    # sums: a target already in the row adds to its weight (float32, old
+    # first) and moves up (or down) past the entries it now beats
+    for n in range(len(new_rows)):
+        targets, weights = row_targets[new_rows[n]], row_weights[new_rows[n]]
+        target = new_targets[n]
+        if not _holds(targets, target):
+            fresh[n] = True
+            continue
+        slot = 0
+        while targets[slot] != target:
+            slot += 1
+        weight = np.float32(weights[slot] + new_weights[n])
+        while slot > 0 and _ahead(
+            weight, target, weights[slot - 1], targets[slot - 1], keys
+        ):
+            targets[slot], weights[slot] = targets[slot - 1], weights[slot - 1]
+            slot -= 1
+        while (
+            slot + 1 < cap
+            and targets[slot + 1] != EMPTY
+            and _ahead(weights[slot + 1], targets[slot + 1], weight, target, keys)
+        ):
+            targets[slot], weights[slot] = targets[slot + 1], weights[slot + 1]
+            slot += 1
+        targets[slot], weights[slot] = target, weight
+    # inserts: a fresh target's place by bisection of the sorted row (unused
+    # slots last), the entries from there shifted down by one; past a full
+    # row's every entry, the range of the shift is empty
+    for n in range(len(new_rows)):
+        if not fresh[n]:
+            continue
+        targets, weights = row_targets[new_rows[n]], row_weights[new_rows[n]]
+        target, weight = new_targets[n], new_weights[n]
+        low, high = 0, cap
+        while low < high:
+            middle = (low + high) // 2
+            other = targets[middle]
+            if other != EMPTY and _ahead(weights[middle], other, weight, target, keys):
+                low = middle + 1
+            else:
+                high = middle
+        # shift down to the first unused slot only (or off the row's end)
+        for s in range(low, cap):
+            was_target, was_weight = targets[s], weights[s]
+            targets[s], weights[s] = target, weight
+            if was_target == EMPTY:
+                break
+            target, weight = was_target, was_weight
 
 
 def sequence_scores(

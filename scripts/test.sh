@@ -20,4 +20,7 @@ if ! scripts/services.sh status >/dev/null 2>&1; then
 fi
 eval "$(scripts/services.sh env)"
 
+# the model's numba kernels into their disk cache first (about 30 s once), so
+# that no test's worker spends its first batch compiling them
+.venv/bin/python -m models.warmup
 .venv/bin/python -m pytest -q "${@:-tests}"

@@ -164,6 +164,12 @@ def _add_evaluate(commands: argparse._SubParsersAction) -> None:
         type=int,
         help="tests per rolling-HR point (default: a twentieth of them, at least 100)",
     )
+    evaluate.add_argument(
+        "--python-loop",
+        action="store_true",
+        help="at micro-batch 1, replay through the worker's Python objects "
+        "instead of the compiled loop (the same learning, ~10x slower)",
+    )
     evaluate.add_argument("--no-progress", action="store_true")
     evaluate.set_defaults(run=_run_evaluate)
 

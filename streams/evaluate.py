@@ -2,7 +2,9 @@
 
 The dataset is replayed in-process through the model code the worker runs
 (:class:`models.evaluation.StreamrecRecommender`, configured from the settings
-like the worker), under ``../shared/EVALUATION.md``; the reference popularity
+like the worker; at micro-batch 1 its compiled loop,
+:mod:`models.compiled_replay`, unless ``--python-loop``), under
+``../shared/EVALUATION.md``; the reference popularity
 baseline runs on the same stream with the same micro-batch size. The table,
 JSON and plot helpers here are shared with ``benchmarks.peers``.
 
@@ -152,7 +154,12 @@ def run_evaluate(args: Any, config: Any) -> int:
         stream = first_half(stream)  # the second half is never read
     results = evaluate_systems(
         stream,
-        [lambda: StreamrecRecommender(config), Popularity],
+        [
+            lambda: StreamrecRecommender(
+                config, compiled=not getattr(args, "python_loop", False)
+            ),
+            Popularity,
+        ],
         batch_size=args.batch_size,
         progress=not args.no_progress,
     )

@@ -18,7 +18,7 @@ import numpy as np
 
 from models.items import FLOAT, ItemState
 from models.mf import ItemUpdate, OnlineMF
-from models.sequence import EMPTY, id_key, merge_links
+from models.sequence import EMPTY, id_key, merge_links_into
 from streams.sink import partition_of
 
 __all__ = ["ItemState", "apply_updates", "decode_update", "split_by_owner"]
@@ -149,11 +149,9 @@ class _LinkRows:
     :func:`id_key`, computed once per id met), so the states end as they
     would after a merge per message, and as in-process.
 
-    Known shortcoming (#3): the merge is still one numpy pass per message
-    (about 2 ms for a message of a 30-event learner batch, half of the
-    earlier Python merge's 4.5 ms), so a full owner batch of 1,000 messages
-    still holds the event loop for a second or two; merging a batch's
-    messages at once would need the per-message cuts applied in one pass.
+    A message's merge is one compiled call on these arrays
+    (:func:`models.sequence.merge_links_into`, in place, only the message's
+    rows touched); what stays in Python per message is numbering its ids.
     """
 
     def __init__(self, cap: int, state_of: Callable[[str], ItemState]) -> None:
@@ -206,19 +204,14 @@ class _LinkRows:
 
     def merge(self, update: ItemUpdate) -> None:
         """Merge one message's links into its sources' rows."""
-        sources = list(dict.fromkeys(update.link_sources))
+        sources = update.link_sources
+        # rows first: loading a source may grow self.targets, and numbering
+        # a target self.keys
         rows = np.fromiter((self.row(i) for i in sources), np.int64, len(sources))
-        position = {item_id: n for n, item_id in enumerate(sources)}
-        new_targets, new_weights = merge_links(
-            self.targets[rows],
-            self.weights[rows],
-            np.fromiter((position[i] for i in update.link_sources), np.int64),
-            self.numbers(update.link_targets),
-            update.link_weights,
-            lambda targets: self.keys[targets],
+        targets = self.numbers(update.link_targets)
+        merge_links_into(
+            self.targets, self.weights, rows, targets, update.link_weights, self.keys
         )
-        self.targets[rows] = new_targets
-        self.weights[rows] = new_weights
 
     def write_back(self) -> None:
         names = self.names

@@ -51,7 +51,7 @@ def test_evaluate_prints_the_table_and_writes_json(shop_csv, tmp_path, capsys):
     figures = json.loads(out.read_text())
     assert figures["events"] == 700
     assert figures["batch_size"] == 4
-    assert figures["config"]["n_factors"] == 32
+    assert figures["config"]["n_factors"] == 16
     names = [r["name"] for r in figures["results"]]
     assert names == ["streamrec", "popularity"]
     streamrec, popularity = figures["results"]

@@ -6,7 +6,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from models import sequence
 from models.events import Event
 from models.items import ItemState, ItemTable, decode_item, encode_item
 from models.mf import MFConfig, OnlineMF
@@ -15,9 +14,9 @@ from models.sequence import (
     EMPTY,
     batch_links,
     latest_distinct,
-    merge_links,
+    merge_links_into,
     merge_rows,
-    merge_unique_rows,
+    merge_unique_into,
     sequence_scores,
 )
 from streams.owner import apply_updates, split_by_owner
@@ -60,7 +59,7 @@ def test_a_full_row_keeps_the_strongest_links_ties_to_the_smaller_key():
         np.array([0, 0, 0]),
         np.array([1, 2, 3]),
         np.array([0.5, 1.5, 1.5], np.float32),
-        tie=lambda t: -t,  # the larger target wins a tie here
+        keys=-np.arange(4),  # the larger target wins a tie here
     )
 
     assert targets.tolist() == [[0, 3, 2]]
@@ -185,36 +184,151 @@ def test_an_owner_batch_of_many_messages_merges_each_in_turn():
         np.testing.assert_array_equal(state.link_weights, weights)
 
 
-@pytest.mark.parametrize("few_links", [64, 0])  # placed, or rows sorted again
-def test_the_merge_of_unique_links_is_the_general_merge(monkeypatch, few_links):
-    monkeypatch.setattr(sequence, "_FEW_LINKS", few_links)
+def sorted_rows(
+    rng: np.random.Generator, keys: np.ndarray, n_rows: int, cap: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Random link rows in the cut order: empty, part full or full."""
+    row_targets = np.full((n_rows, cap), EMPTY, np.int64)
+    row_weights = np.zeros((n_rows, cap), np.float32)
+    for row in range(n_rows):
+        used = int(rng.integers(0, cap + 1))
+        targets = rng.choice(len(keys), used, replace=False)
+        # few distinct weights, so that ties are common
+        weights = rng.choice([0.5, 1.0, 2.0, 1 / 3], used).astype(np.float32)
+        order = np.lexsort((targets, keys[targets], -weights))
+        row_targets[row, :used] = targets[order]
+        row_weights[row, :used] = weights[order]
+    return row_targets, row_weights
+
+
+def merged_in_place(merge, row_targets, row_weights, *links):
+    targets, weights = row_targets.copy(), row_weights.copy()
+    merge(targets, weights, *links)
+    return targets, weights
+
+
+@pytest.mark.parametrize("links_per_row", [2, 12])  # micro-batch 1, a batch
+def test_the_in_place_merge_of_unique_links_is_the_general_merge(links_per_row):
     rng = np.random.default_rng(7)
     keys = rng.permutation(50)
-    for _ in range(200):
-        n_rows, cap = int(rng.integers(1, 6)), int(rng.integers(1, 8))
-        row_targets = np.full((n_rows, cap), EMPTY)
-        row_weights = np.zeros((n_rows, cap), np.float32)
-        for row in range(n_rows):
-            used = int(rng.integers(0, cap + 1))
-            targets = rng.choice(50, used, replace=False)
-            # few distinct weights, so that ties are common
-            weights = rng.choice([0.5, 1.0, 2.0], used).astype(np.float32)
-            order = np.lexsort((keys[targets], -weights))
-            row_targets[row, :used] = targets[order]
-            row_weights[row, :used] = weights[order]
-        pairs = {
-            (int(rng.integers(0, n_rows)), int(rng.integers(0, 50)))
-            for _ in range(int(rng.integers(1, 12)))
-        }
-        new_rows, new_targets = np.array(sorted(pairs)).T
-        new_weights = rng.choice([0.25, 0.5, 1.0], len(pairs)).astype(np.float32)
-        args = (row_targets, row_weights, new_rows, new_targets, new_weights)
+    keys[[3, 4]] = keys[5]  # equal keys: the tie goes to the smaller target
+    seen = {"cut": 0, "hit and fresh": 0, "empty": 0, "key tie": 0}
+    for _ in range(400):
+        n_rows, cap = int(rng.integers(1, 6)), int(rng.integers(1, 9))
+        row_targets, row_weights = sorted_rows(rng, keys, n_rows, cap)
+        pairs = list(
+            {
+                (int(rng.integers(0, n_rows)), int(rng.integers(0, 50)))
+                for _ in range(int(rng.integers(1, links_per_row * n_rows + 1)))
+            }
+        )
+        rng.shuffle(pairs)  # the kernel takes the links in any order
+        new_rows, new_targets = np.array(pairs).T
+        # a negative amount moves an entry down its row
+        amounts = [0.25, 0.5, 1.0, 2 / 3, -0.5]
+        new_weights = rng.choice(amounts, len(pairs)).astype(np.float32)
+        links = (new_rows, new_targets, new_weights, keys)
 
-        expected = merge_rows(*args, tie=lambda t: keys[t])
-        for merge in (merge_unique_rows, merge_links):
-            got = merge(*args, tie=lambda t: keys[t])
+        expected = merge_rows(row_targets, row_weights, *links)
+        for merge in (merge_unique_into, merge_links_into):
+            got = merged_in_place(merge, row_targets, row_weights, *links)
             np.testing.assert_array_equal(got[0], expected[0])
             np.testing.assert_array_equal(got[1], expected[1])
+
+        hit = (row_targets[new_rows] == new_targets[:, None]).any(axis=1)
+        fresh_rows = set(new_rows[~hit].tolist())
+        seen["hit and fresh"] += bool(fresh_rows & set(new_rows[hit].tolist()))
+        in_rows = np.bincount(new_rows, minlength=n_rows)
+        seen["cut"] += bool(((row_targets != EMPTY).sum(1) + in_rows > cap).any())
+        seen["empty"] += bool((row_targets[new_rows, 0] == EMPTY).any())
+        kept = expected[0][expected[0] != EMPTY]
+        seen["key tie"] += bool(np.isin(kept, [3, 4, 5]).sum() > 1)
+    # the cases the kernel must get right all came up
+    assert min(seen.values()) >= 20, seen
+
+
+def test_an_entry_a_fresh_link_would_push_out_first_gains_its_weight():
+    # the fresh link comes first, but the sums go first: b gains 1 and beats
+    # c, so c is cut, not b
+    keys = np.arange(3)
+    row_targets = np.array([[0, 1]])  # a: 2.0, b: 1.0
+    row_weights = np.array([[2.0, 1.0]], np.float32)
+    links = (np.array([0, 0]), np.array([2, 1]), np.array([1.5, 1.0]), keys)
+
+    for merge in (merge_unique_into, merge_links_into):
+        targets, weights = merged_in_place(merge, row_targets, row_weights, *links)
+
+        assert targets.tolist() == [[0, 1]]
+        assert weights.tolist() == [[2.0, 2.0]]
+
+
+def test_the_in_place_merge_touches_only_the_rows_of_its_links():
+    rng = np.random.default_rng(3)
+    keys = rng.permutation(40)
+    row_targets, row_weights = sorted_rows(rng, keys, 30, 6)
+    new_rows = np.array([4, 4, 17, 29])
+    new_targets = np.array([1, 2, 3, 1])
+    new_weights = np.array([1.0, 0.5, 2.0, 1 / 3])  # float64: rounded first
+
+    for merge in (merge_unique_into, merge_links_into):
+        got = merged_in_place(
+            merge, row_targets, row_weights, new_rows, new_targets, new_weights, keys
+        )
+
+        rows = np.unique(new_rows)
+        position = np.searchsorted(rows, new_rows)
+        expected = merge_rows(
+            row_targets[rows],
+            row_weights[rows],
+            position,
+            new_targets,
+            new_weights,
+            keys,
+        )
+        np.testing.assert_array_equal(got[0][rows], expected[0])
+        np.testing.assert_array_equal(got[1][rows], expected[1])
+        others = np.setdiff1d(np.arange(30), rows)
+        np.testing.assert_array_equal(got[0][others], row_targets[others])
+        np.testing.assert_array_equal(got[1][others], row_weights[others])
+
+
+def test_links_repeated_in_one_call_are_summed_as_by_the_general_merge():
+    rng = np.random.default_rng(11)
+    keys = rng.permutation(20)
+    for _ in range(100):
+        row_targets, row_weights = sorted_rows(rng, keys, 3, 4)
+        n_links = int(rng.integers(2, 15))
+        new_rows = rng.integers(0, 3, n_links)
+        new_targets = rng.integers(0, 6, n_links)  # few targets: repeats
+        new_weights = rng.choice([0.25, 0.5, 1 / 3], n_links).astype(np.float32)
+        links = (new_rows, new_targets, new_weights, keys)
+
+        got = merged_in_place(merge_links_into, row_targets, row_weights, *links)
+
+        expected = merge_rows(row_targets, row_weights, *links)
+        np.testing.assert_array_equal(got[0], expected[0])
+        np.testing.assert_array_equal(got[1], expected[1])
+
+
+def test_a_link_out_of_range_is_refused_before_any_row_changes():
+    row_targets = np.array([[0, EMPTY]])
+    row_weights = np.array([[1.0, 0.0]], np.float32)
+    keys = np.arange(2)
+
+    with pytest.raises(IndexError):
+        merge_unique_into(
+            row_targets, row_weights, np.array([0, 1]), np.array([1, 0]), [1, 1], keys
+        )
+    with pytest.raises(IndexError):
+        merge_unique_into(
+            row_targets, row_weights, np.array([0, 0]), np.array([1, 2]), [1, 1], keys
+        )
+    with pytest.raises(TypeError):  # a converted copy would lose the merge
+        merge_unique_into(
+            row_targets.astype(np.int32), row_weights, [0], [1], [1], keys
+        )
+    assert row_targets.tolist() == [[0, EMPTY]]
+    assert row_weights.tolist() == [[1.0, 0.0]]
 
 
 def test_an_item_record_round_trips_with_its_links():

@@ -1,0 +1,429 @@
+"""Compiled inner loops of the model (numba), for small batches.
+
+At micro-batch 1 a numpy step is a hundred calls on arrays of a few dozen
+numbers, and each call costs more than its arithmetic. These kernels do the
+same arithmetic in one compiled loop each: the BPR step of a batch
+(:func:`bpr_batch`) and the end of a list (:func:`finish_lists`: bias,
+links, popularity, exclusions and the top ``k``). They are the only code
+path, on the worker and in the in-process replay alike; the numpy
+formulation they replace stays in ``models/mf.py`` (``bpr_gradients``) as
+the readable statement of the maths that the tests check them against.
+
+Every array is float32 or int64, as the model keeps them; ``cache=True``
+compiles once per machine and keeps the machine code beside this file.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+EMPTY = -1  # an unused slot of a link row (models.sequence.EMPTY)
+
+
+@numba.njit(cache=True)
+def _clip(vector: np.ndarray, limit: np.float32) -> None:
+    """Scale a vector down to norm ``limit`` at most, in place."""
+    total = np.float32(0.0)
+    for f in range(len(vector)):
+        total += vector[f] * vector[f]
+    norm = max(np.sqrt(total), np.float32(1e-12))
+    if norm > limit:
+        scale = limit / norm
+        for f in range(len(vector)):
+            vector[f] *= scale
+
+
+@numba.njit(cache=True)
+def _dot(a: np.ndarray, b: np.ndarray) -> np.float32:
+    total = np.float32(0.0)
+    for f in range(len(a)):
+        total += a[f] * b[f]
+    return total
+
+
+@numba.njit(cache=True, fastmath={"reassoc", "contract"})
+def _dot_fast(a: np.ndarray, b: np.ndarray) -> np.float32:
+    """A dot product the compiler may sum in any order (vectorised): for
+    ranking candidates, where the last bit of a score does not matter."""
+    total = np.float32(0.0)
+    for f in range(len(a)):
+        total += a[f] * b[f]
+    return total
+
+
+@numba.njit(cache=True)
+def bpr_batch(
+    user_matrix: np.ndarray,
+    event_users: np.ndarray,
+    positive_rows: np.ndarray,
+    negative_rows: np.ndarray,
+    weights: np.ndarray,
+    vectors: np.ndarray,
+    biases: np.ndarray,
+    regularization: float,
+    clip: float,
+    use_bias: bool,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Clipped weighted-BPR gradients of a batch, summed per shopper and item.
+
+    Shapes: ``user_matrix`` (U, k) the batch's shoppers; per event
+    ``event_users`` (B,) a row of it, ``positive_rows`` (B,),
+    ``negative_rows`` (B, n), ``weights`` (B,); ``vectors``/``biases`` the
+    item table. Every gradient is taken at the state passed in (the state
+    from before the batch) and clipped to norm ``clip`` per event, as
+    ``models.mf.bpr_gradients`` and ``clip_rows`` define them; a negative
+    that is the event's positive contributes only its regularisation.
+
+    Returns the shoppers' summed gradients (U, k), the distinct item rows
+    (sorted), and per distinct row the summed vector gradient, the summed
+    bias gradient (zero with ``use_bias`` off) and the number of events it
+    was the positive of.
+    """
+    n_events, n_negatives = negative_rows.shape
+    k = user_matrix.shape[1]
+    reg = np.float32(regularization)
+    limit = np.float32(clip)
+    user_grads = np.zeros(user_matrix.shape, np.float32)
+    item_grads = np.zeros((n_events * (1 + n_negatives), k), np.float32)
+    bias_grads = np.zeros(n_events * (1 + n_negatives), np.float32)
+    pulls = np.zeros(n_negatives, np.float32)
+    grad = np.zeros(k, np.float32)
+    for e in range(n_events):
+        user = user_matrix[event_users[e]]
+        positive_row = positive_rows[e]
+        positive = vectors[positive_row]
+
+        # predict: the positive's margin over each negative, and its pull
+        positive_score = _dot(user, positive) + biases[positive_row]
+        total = np.float32(0.0)
+        for n in range(n_negatives):
+            j = negative_rows[e, n]
+            pulls[n] = 0.0
+            if j != positive_row:
+                margin = positive_score - _dot(user, vectors[j]) - biases[j]
+                margin = min(max(margin, np.float32(-30.0)), np.float32(30.0))
+                pulls[n] = weights[e] / (np.float32(1.0) + np.exp(margin))
+                total += pulls[n]
+
+        # gradient, regularise, clip: the shopper's ...
+        for f in range(k):
+            grad[f] = reg * user[f]
+        for n in range(n_negatives):
+            negative = vectors[negative_rows[e, n]]
+            for f in range(k):
+                grad[f] -= pulls[n] * (positive[f] - negative[f])
+        _clip(grad, limit)
+        for f in range(k):
+            user_grads[event_users[e], f] += grad[f]
+
+        # ... the positive's (slot e) and the negatives' (slots after B)
+        for f in range(k):
+            item_grads[e, f] = -total * user[f] + reg * positive[f]
+        _clip(item_grads[e], limit)
+        if use_bias:
+            step = -total + reg * biases[positive_row]
+            bias_grads[e] = min(max(step, -limit), limit)
+        for n in range(n_negatives):
+            j = negative_rows[e, n]
+            slot = n_events + e * n_negatives + n
+            for f in range(k):
+                item_grads[slot, f] = pulls[n] * user[f] + reg * vectors[j, f]
+            _clip(item_grads[slot], limit)
+            if use_bias:
+                step = pulls[n] + reg * biases[j]
+                bias_grads[slot] = min(max(step, -limit), limit)
+
+    # sum per item: positives first, then negatives, as the slots are laid out
+    slot_rows = np.concatenate((positive_rows, negative_rows.ravel()))
+    rows = np.unique(slot_rows)
+    vector_sums = np.zeros((len(rows), k), np.float32)
+    bias_sums = np.zeros(len(rows), np.float32)
+    counts = np.zeros(len(rows), np.float32)
+    at = np.searchsorted(rows, slot_rows)
+    for slot in range(len(slot_rows)):
+        for f in range(k):
+            vector_sums[at[slot], f] += item_grads[slot, f]
+        bias_sums[at[slot]] += bias_grads[slot]
+    for e in range(n_events):
+        counts[at[e]] += 1.0
+    return user_grads, rows, vector_sums, bias_sums, counts
+
+
+@numba.njit(cache=True)
+def _insert(
+    best_rows: np.ndarray, best_scores: np.ndarray, row: int, score: np.float32
+) -> None:
+    """Put ``row`` into a top list kept best first, if it beats the last
+    entry: a higher score, or an equal one and a smaller row."""
+    k = len(best_rows)
+    if not _before(score, row, best_scores[k - 1], best_rows[k - 1]):
+        return
+    at = k - 1
+    while at > 0 and _before(score, row, best_scores[at - 1], best_rows[at - 1]):
+        best_rows[at] = best_rows[at - 1]
+        best_scores[at] = best_scores[at - 1]
+        at -= 1
+    best_rows[at] = row
+    best_scores[at] = score
+
+
+@numba.njit(cache=True)
+def _before(score: np.float32, row: int, other_score: np.float32, other: int) -> bool:
+    # an empty slot (-1, -inf) comes after every finite score
+    if other < 0:
+        return True
+    return score > other_score or (score == other_score and row < other)
+
+
+@numba.njit(cache=True)
+def _select(
+    row: np.ndarray,
+    share: np.float32,
+    log_counts: np.ndarray,
+    best_rows: np.ndarray,
+    best_scores: np.ndarray,
+) -> None:
+    """Add popularity to a row of scores and keep its best entries (rows
+    ascending, so an equal score never displaces an earlier row)."""
+    k = len(best_rows)
+    floor = -np.inf  # the k-th best so far: most rows stop at this test
+    for j in range(len(row)):
+        score = row[j] + share * log_counts[j] if share != 0 else row[j]
+        row[j] = score
+        if score > floor and score < np.inf:
+            _insert(best_rows, best_scores, j, score)
+            if best_rows[k - 1] >= 0:
+                floor = best_scores[k - 1]
+
+
+@numba.njit(cache=True)
+def finish_lists(
+    scores: np.ndarray,
+    biases: np.ndarray,
+    log_counts: np.ndarray,
+    shares: np.ndarray,
+    sources: np.ndarray,
+    source_weights: np.ndarray,
+    link_targets: np.ndarray,
+    link_weights: np.ndarray,
+    hidden_starts: np.ndarray,
+    hidden_rows: np.ndarray,
+    k: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The rest of each shopper's blended score, then their top ``k``.
+
+    ``scores`` (T, n_items) holds the factor scores ``p_u . q_j`` and is
+    overwritten. Added to it: ``biases`` (zeros to leave them out), the links
+    of the shopper's ``sources`` (T, S; EMPTY where fewer) times
+    ``source_weights`` (S,), and ``shares[t] * log_counts`` (popularity), in
+    that order. The rows ``hidden_rows[hidden_starts[t]:hidden_starts[t+1]]``
+    are left out (rows past the table are ignored), as are non-finite scores.
+
+    Returns the best rows (T, k), best first (ties to the smaller row), and
+    their scores; -1 and -inf fill a short list.
+    """
+    n_shoppers, n_items = scores.shape
+    n_sources = sources.shape[1]
+    cap = link_targets.shape[1]
+    best_rows = np.full((n_shoppers, k), -1, np.int64)
+    best_scores = np.full((n_shoppers, k), -np.inf, np.float32)
+    for t in range(n_shoppers):
+        row = scores[t]
+        for j in range(n_items):
+            row[j] += biases[j]
+        for s in range(n_sources):
+            source = sources[t, s]
+            if source == EMPTY:
+                continue
+            weight = source_weights[s]
+            for c in range(cap):
+                target = link_targets[source, c]
+                amount = link_weights[source, c] * weight
+                if target != EMPTY and amount != 0:
+                    row[target] += amount
+        # hidden last but popularity: adding to -inf leaves it there
+        for h in range(hidden_starts[t], hidden_starts[t + 1]):
+            if hidden_rows[h] < n_items:
+                row[hidden_rows[h]] = -np.inf
+        if k > 0:
+            _select(row, shares[t], log_counts, best_rows[t], best_scores[t])
+    return best_rows, best_scores
+
+
+@numba.njit(cache=True)
+def adagrad_steps(
+    grads: np.ndarray,
+    bias_grads: np.ndarray,
+    accums: np.ndarray,
+    learning_rate: float,
+    adagrad: bool,
+    limit: float,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Steps for rows of summed gradients (R, k) and their biases (R,).
+
+    Each row's gradient is clipped to norm ``limit`` (the bias to
+    ``[-limit, limit]``), then scaled by ``learning_rate / sqrt(1 + G)``
+    with Adagrad, ``G`` the row's ``accums`` plus the squared norm added
+    now, or by ``learning_rate`` alone. Returns the vector steps, the bias
+    steps (both already negated: add them) and what each row adds to G.
+    """
+    n_rows, k = grads.shape
+    cut = np.float32(limit)
+    rate = np.float32(learning_rate)
+    vector_steps = np.empty((n_rows, k), np.float32)
+    bias_steps = np.empty(n_rows, np.float32)
+    added = np.zeros(n_rows, np.float32)
+    for r in range(n_rows):
+        vector_steps[r] = grads[r]
+        _clip(vector_steps[r], cut)
+        bias = min(max(bias_grads[r], -cut), cut)
+        scale = rate
+        if adagrad:
+            total = bias * bias
+            for f in range(k):
+                total += vector_steps[r, f] * vector_steps[r, f]
+            added[r] = total
+            scale = rate / np.sqrt(np.float32(1.0) + accums[r] + total)
+        for f in range(k):
+            vector_steps[r, f] *= -scale
+        bias_steps[r] = -scale * bias
+    return vector_steps, bias_steps, added
+
+
+@numba.njit(cache=True)
+def candidate_lists(
+    users: np.ndarray,
+    vectors: np.ndarray,
+    biases: np.ndarray,
+    log_counts: np.ndarray,
+    shares: np.ndarray,
+    sources: np.ndarray,
+    source_weights: np.ndarray,
+    link_targets: np.ndarray,
+    link_weights: np.ndarray,
+    head: np.ndarray,
+    hidden_starts: np.ndarray,
+    hidden_rows: np.ndarray,
+    k: int,
+    slot: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`finish_lists` among each shopper's candidates only: the targets
+    of their sources' links and the ``head`` rows (the most popular items).
+
+    ``users`` (T, k_factors) are the shoppers' factors; a candidate scores
+    its factor score plus bias, then the links into it, then popularity, as
+    the dense path adds them. ``slot`` is scratch, one entry per item row,
+    all -1 on entry and on return (a candidate's place in this shopper's
+    list of candidates).
+    """
+    n_shoppers = len(users)
+    n_sources = sources.shape[1]
+    cap = link_targets.shape[1]
+    n_items = len(vectors)
+    best_rows = np.full((n_shoppers, k), -1, np.int64)
+    best_scores = np.full((n_shoppers, k), -np.inf, np.float32)
+    rows = np.empty(n_sources * cap + len(head), np.int64)
+    scores = np.empty(len(rows), np.float32)
+    for t in range(n_shoppers):
+        user = users[t]
+        n = 0
+
+        # gather: linked targets, summing what every source adds to each
+        for s in range(n_sources):
+            source = sources[t, s]
+            if source == EMPTY:
+                continue
+            for c in range(cap):
+                target = link_targets[source, c]
+                amount = link_weights[source, c] * source_weights[s]
+                if target == EMPTY or amount == 0:
+                    continue
+                if slot[target] < 0:
+                    slot[target] = n
+                    rows[n] = target
+                    scores[n] = _dot_fast(user, vectors[target]) + biases[target]
+                    n += 1
+                scores[slot[target]] += amount
+        for target in head:
+            if slot[target] < 0:
+                slot[target] = n
+                rows[n] = target
+                scores[n] = _dot_fast(user, vectors[target]) + biases[target]
+                n += 1
+
+        # blend, exclude, rank
+        share = shares[t]
+        if share != 0:
+            for c in range(n):
+                scores[c] += share * log_counts[rows[c]]
+        for h in range(hidden_starts[t], hidden_starts[t + 1]):
+            row = hidden_rows[h]
+            if row < n_items and slot[row] >= 0:
+                scores[slot[row]] = -np.inf
+        for c in range(n):
+            if k > 0 and np.isfinite(scores[c]):
+                _insert(best_rows[t], best_scores[t], rows[c], scores[c])
+            slot[rows[c]] = -1
+    return best_rows, best_scores
+
+
+@numba.njit(cache=True)
+def draw_items(
+    rng: np.random.Generator,
+    n_items: int,
+    size: int,
+    popular_share: float,
+    memory: np.ndarray,
+) -> np.ndarray:
+    """``size`` item rows drawn uniformly, a ``popular_share`` of them
+    replaced by draws from ``memory`` (rows of recent positives). The draws
+    are numpy's own, in numpy's order: the same ``rng`` gives the same rows
+    as ``models.mf`` drew them in numpy."""
+    rows = rng.integers(0, n_items, size=size)
+    if popular_share > 0 and len(memory):
+        popular = rng.random(size) < popular_share
+        picks = rng.integers(0, len(memory), size=popular.sum())
+        n = 0
+        for at in range(size):
+            if popular[at]:
+                rows[at] = memory[picks[n]]
+                n += 1
+    return rows
+
+
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_MIX_1 = np.uint64(0xBF58476D1CE4E5B9)
+_MIX_2 = np.uint64(0x94D049BB133111EB)
+
+
+@numba.njit(cache=True)
+def _uniform(state: np.uint64) -> tuple[np.uint64, float]:
+    """One step of splitmix64: the next state and a uniform in (0, 1]."""
+    state = state + _GOLDEN
+    z = state
+    z = (z ^ (z >> np.uint64(30))) * _MIX_1
+    z = (z ^ (z >> np.uint64(27))) * _MIX_2
+    z = z ^ (z >> np.uint64(31))
+    return state, (float(z >> np.uint64(11)) + 1.0) * (1.0 / 9007199254740992.0)
+
+
+@numba.njit(cache=True)
+def normal_factors(seed: int, n_factors: int, scale: float) -> np.ndarray:
+    """``n_factors`` draws of N(0, scale^2) determined by ``seed`` alone
+    (splitmix64, then Box-Muller), as float32.
+
+    An id's start vector must depend on nothing but the id, so every worker
+    draws it alike; a numpy Generator per id gave that at ~30 us an id
+    (most of a new item's cost), this stream at well under one.
+    """
+    out = np.empty(n_factors, np.float32)
+    state = np.uint64(seed)
+    for f in range(0, n_factors, 2):
+        state, first = _uniform(state)
+        state, second = _uniform(state)
+        radius = np.sqrt(-2.0 * np.log(first)) * scale
+        out[f] = radius * np.cos(2.0 * np.pi * second)
+        if f + 1 < n_factors:
+            out[f + 1] = radius * np.sin(2.0 * np.pi * second)
+    return out
