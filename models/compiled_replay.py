@@ -81,6 +81,9 @@ def prequential_compiled(
     and id hashes included; reading and numbering the file left out)."""
     if not supports(stream, config):
         raise ValueError("the compiled replay needs unique event ids, min_history <= 1")
+    # compiling (or loading from numba's cache) is not replaying: it happens
+    # once per machine, and leaving it in would time a compiler
+    replay_arrays(stream.head(2), config, n)
     started = time.perf_counter()
     ranks, _ = replay_arrays(stream, config, n)
     seconds = time.perf_counter() - started
@@ -484,17 +487,16 @@ def _dense_list(
                 scores[target] += amount
     if len(best_rows) == 0:
         return
-    # popularity, and the shopper's items out: a pass the compiler vectorises
-    if share != 0:
-        for j in range(n_items):
-            scores[j] += share * log_counts[j]
+    # popularity, then every item that may not be listed (the shopper's, or
+    # not finite) to -inf: one pass the compiler vectorises, and the scan
+    # after it has a single comparison per item (NaN fails it too)
     for j in range(n_items):
-        if met[j]:
-            scores[j] = -np.inf
+        score = scores[j] + share * log_counts[j] if share != 0 else scores[j]
+        scores[j] = score if score < np.inf and not met[j] else -np.inf
     floor = -np.inf
     last = len(best_rows) - 1
     for j in range(n_items):
-        if scores[j] > floor and scores[j] < np.inf:
+        if scores[j] > floor:
             _insert(best_rows, best_scores, j, scores[j])
             if best_rows[last] >= 0:
                 floor = best_scores[last]

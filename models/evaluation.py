@@ -77,6 +77,19 @@ class Stream:
     def __len__(self) -> int:
         return len(self.events)
 
+    def head(self, n: int) -> Stream:
+        """The first ``n`` events, with the ids they number."""
+        users, items = self.users[:n], self.items[:n]
+        n_users = int(users.max()) + 1 if len(users) else 0
+        n_items = int(items.max()) + 1 if len(items) else 0
+        return Stream(
+            self.events[:n],
+            users,
+            items,
+            self.user_ids[:n_users],
+            self.item_ids[:n_items],
+        )
+
     def batch(self, start: int, stop: int) -> EventBatch:
         return EventBatch(
             self.events[start:stop], self.users[start:stop], self.items[start:stop]
@@ -355,17 +368,7 @@ HALVES = ("first", "second")
 
 def first_half(stream: Stream) -> Stream:
     """The stream's first half of events: all that tuning may look at."""
-    cut = len(stream) // 2
-    users, items = stream.users[:cut], stream.items[:cut]
-    n_users = int(users.max()) + 1 if cut else 0
-    n_items = int(items.max()) + 1 if cut else 0
-    return Stream(
-        stream.events[:cut],
-        users,
-        items,
-        stream.user_ids[:n_users],
-        stream.item_ids[:n_items],
-    )
+    return stream.head(len(stream) // 2)
 
 
 def second_half(result: EvaluationResult, events: int) -> EvaluationResult:

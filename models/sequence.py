@@ -298,11 +298,19 @@ def _ahead(
 
 @numba.njit(cache=True)
 def _holds(targets: np.ndarray, target: int) -> bool:
-    """Whether a row holds ``target``: a count over the whole row, which
+    """Whether a row holds ``target``: a count over its used slots, which
     the compiler vectorises, where a scan that stops at the match cannot be
-    (unused slots are EMPTY, never a target)."""
+    (and a row comes from memory: the fewer of its cache lines, the better)."""
+    # only the used slots, which come first: bisect for the first unused
+    low, high = 0, len(targets)
+    while low < high:
+        middle = (low + high) // 2
+        if targets[middle] == EMPTY:
+            high = middle
+        else:
+            low = middle + 1
     count = 0
-    for s in range(len(targets)):
+    for s in range(low):
         count += targets[s] == target
     return count > 0
 
