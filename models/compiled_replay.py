@@ -511,29 +511,30 @@ def _factor_scores(
     scores: np.ndarray,
 ) -> None:
     """``scores[j] = user . vectors[j] + biases[j]`` for the first
-    ``n_items`` items. The dot is summed factor by factor, in order, four
+    ``n_items`` items. The dot is summed factor by factor, in order, eight
     factors per pass over the items (the partial sums stay in registers);
     the bias is added last, as the worker adds it to its matrix product."""
     k = len(user)
-    if k % 4:
+    if k % 8:
         _factor_scores_any(user, columns, biases, n_items, scores)
         return
-    for f in range(0, k, 4):
+    for f in range(0, k, 8):
         w0, w1, w2, w3 = user[f], user[f + 1], user[f + 2], user[f + 3]
+        w4, w5, w6, w7 = user[f + 4], user[f + 5], user[f + 6], user[f + 7]
         c0, c1, c2, c3 = columns[f], columns[f + 1], columns[f + 2], columns[f + 3]
+        c4, c5, c6, c7 = columns[f + 4], columns[f + 5], columns[f + 6], columns[f + 7]
         if f == 0:
             for j in range(n_items):
-                scores[j] = ((w0 * c0[j] + w1 * c1[j]) + w2 * c2[j]) + w3 * c3[j]
-        elif f + 4 < k:
+                partial = ((w0 * c0[j] + w1 * c1[j]) + w2 * c2[j]) + w3 * c3[j]
+                partial = ((partial + w4 * c4[j]) + w5 * c5[j]) + w6 * c6[j]
+                scores[j] = partial + w7 * c7[j]
+        else:
             for j in range(n_items):
-                partial = (scores[j] + w0 * c0[j]) + w1 * c1[j]
-                scores[j] = (partial + w2 * c2[j]) + w3 * c3[j]
-        else:  # the last pass adds the bias too
-            for j in range(n_items):
-                partial = (scores[j] + w0 * c0[j]) + w1 * c1[j]
-                scores[j] = ((partial + w2 * c2[j]) + w3 * c3[j]) + biases[j]
-    if k == 0:
-        scores[:n_items] = biases[:n_items]
+                partial = ((scores[j] + w0 * c0[j]) + w1 * c1[j]) + w2 * c2[j]
+                partial = ((partial + w3 * c3[j]) + w4 * c4[j]) + w5 * c5[j]
+                scores[j] = (partial + w6 * c6[j]) + w7 * c7[j]
+    for j in range(n_items):
+        scores[j] += biases[j]
 
 
 @numba.njit(cache=True)
@@ -544,7 +545,8 @@ def _factor_scores_any(
     n_items: int,
     scores: np.ndarray,
 ) -> None:
-    """:func:`_factor_scores` for any number of factors, one per pass."""
+    """:func:`_factor_scores` for a number of factors not in eights, one
+    factor per pass."""
     scores[:n_items] = 0.0
     for f in range(len(user)):
         weight, column = user[f], columns[f]
