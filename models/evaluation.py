@@ -23,7 +23,7 @@ Ids. :func:`encode` numbers users and items by first appearance in the stream;
 indices) so that exclusions and ranks stay vectorised. The numbering carries
 no information beyond what an online system knows at each event.
 
-This module is numpy only, like the rest of ``models``.
+This module is numpy only; ``models`` imports no Kafka, Redis or Prometheus.
 """
 
 from __future__ import annotations
