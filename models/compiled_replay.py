@@ -37,11 +37,11 @@ import numpy as np
 from models.evaluation import LIST_LENGTH, EvaluationResult, Stream
 from models.items import FLOAT, initial_factors
 from models.kernels import (
-    _dot_fast,
     _insert,
     adagrad_steps,
     bpr_batch,
     draw_items,
+    gather_candidates,
 )
 from models.mf import CANDIDATE_CATALOGUE, MFConfig
 from models.sequence import _batch_links, _merge_unique_into, id_key
@@ -273,7 +273,6 @@ def _replay(
                         source_weights,
                         link_targets,
                         link_weights,
-                        cap,
                         head[: head_state[0]],
                         met[user],
                         slot,
@@ -567,7 +566,6 @@ def _candidate_list(
     source_weights: np.ndarray,
     link_targets: np.ndarray,
     link_weights: np.ndarray,
-    cap: int,
     head: np.ndarray,
     met: np.ndarray,
     slot: np.ndarray,
@@ -577,25 +575,19 @@ def _candidate_list(
     best_scores: np.ndarray,
 ) -> None:
     """candidate_lists for one shopper (its linked targets and the head)."""
-    n = 0
-    for s in range(len(sources)):
-        for c in range(cap):
-            target = link_targets[sources[s], c]
-            amount = link_weights[sources[s], c] * source_weights[s]
-            if target == EMPTY or amount == 0:
-                continue
-            if slot[target] < 0:
-                slot[target] = n
-                candidates[n] = target
-                scores[n] = _dot_fast(user, vectors[target]) + biases[target]
-                n += 1
-            scores[slot[target]] += amount
-    for target in head:
-        if slot[target] < 0:
-            slot[target] = n
-            candidates[n] = target
-            scores[n] = _dot_fast(user, vectors[target]) + biases[target]
-            n += 1
+    n = gather_candidates(
+        user,
+        vectors,
+        biases,
+        sources,
+        source_weights,
+        link_targets,
+        link_weights,
+        head,
+        slot,
+        candidates,
+        scores,
+    )
     for c in range(n):
         row = candidates[c]
         slot[row] = -1

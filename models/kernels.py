@@ -292,6 +292,52 @@ def adagrad_steps(
 
 
 @numba.njit(cache=True)
+def gather_candidates(
+    user: np.ndarray,
+    vectors: np.ndarray,
+    biases: np.ndarray,
+    sources: np.ndarray,
+    source_weights: np.ndarray,
+    link_targets: np.ndarray,
+    link_weights: np.ndarray,
+    head: np.ndarray,
+    slot: np.ndarray,
+    rows: np.ndarray,
+    scores: np.ndarray,
+) -> int:
+    """One shopper's candidates into ``rows``/``scores``; returns how many.
+
+    The targets of the links of ``sources`` (EMPTY entries skipped), then
+    the ``head`` rows, each once (``slot[row]`` is its place; the caller
+    sets it back to -1): factor score plus bias, then every link into it in
+    source order, as the dense path adds them.
+    """
+    n = 0
+    for s in range(len(sources)):
+        source = sources[s]
+        if source == EMPTY:
+            continue
+        for c in range(link_targets.shape[1]):
+            target = link_targets[source, c]
+            amount = link_weights[source, c] * source_weights[s]
+            if target == EMPTY or amount == 0:
+                continue
+            if slot[target] < 0:
+                slot[target] = n
+                rows[n] = target
+                scores[n] = _dot_fast(user, vectors[target]) + biases[target]
+                n += 1
+            scores[slot[target]] += amount
+    for target in head:
+        if slot[target] < 0:
+            slot[target] = n
+            rows[n] = target
+            scores[n] = _dot_fast(user, vectors[target]) + biases[target]
+            n += 1
+    return n
+
+
+@numba.njit(cache=True)
 def candidate_lists(
     users: np.ndarray,
     vectors: np.ndarray,
@@ -318,39 +364,25 @@ def candidate_lists(
     list of candidates).
     """
     n_shoppers = len(users)
-    n_sources = sources.shape[1]
-    cap = link_targets.shape[1]
     n_items = len(vectors)
     best_rows = np.full((n_shoppers, k), -1, np.int64)
     best_scores = np.full((n_shoppers, k), -np.inf, np.float32)
-    rows = np.empty(n_sources * cap + len(head), np.int64)
+    rows = np.empty(sources.shape[1] * link_targets.shape[1] + len(head), np.int64)
     scores = np.empty(len(rows), np.float32)
     for t in range(n_shoppers):
-        user = users[t]
-        n = 0
-
-        # gather: linked targets, summing what every source adds to each
-        for s in range(n_sources):
-            source = sources[t, s]
-            if source == EMPTY:
-                continue
-            for c in range(cap):
-                target = link_targets[source, c]
-                amount = link_weights[source, c] * source_weights[s]
-                if target == EMPTY or amount == 0:
-                    continue
-                if slot[target] < 0:
-                    slot[target] = n
-                    rows[n] = target
-                    scores[n] = _dot_fast(user, vectors[target]) + biases[target]
-                    n += 1
-                scores[slot[target]] += amount
-        for target in head:
-            if slot[target] < 0:
-                slot[target] = n
-                rows[n] = target
-                scores[n] = _dot_fast(user, vectors[target]) + biases[target]
-                n += 1
+        n = gather_candidates(
+            users[t],
+            vectors,
+            biases,
+            sources[t],
+            source_weights,
+            link_targets,
+            link_weights,
+            head,
+            slot,
+            rows,
+            scores,
+        )
 
         # blend, exclude, rank
         share = shares[t]
