@@ -17,7 +17,8 @@ summed factor by factor (over a transposed copy, so that the loop over items
 vectorises). Float32 sums in another order can differ in the last bit, so a
 near tie may rank the other way; learning never reads a list, so the learned
 state is the same to the bit. ``tests/unit/test_compiled_replay.py`` checks
-both on real data: equal state, and equal ranks on all but a few tests.
+both on real data: equal state, and equal ranks (on those streams, every
+test ranks alike).
 
 It covers what the in-process replay of a dataset needs: every event id once
 (a file's own numbering), and ``min_history`` of at most 1
