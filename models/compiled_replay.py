@@ -48,9 +48,11 @@ from models.items import FLOAT, initial_factors
 from models.kernels import (
     _insert,
     adagrad_steps,
+    add_links,
     bpr_batch,
     draw_items,
     gather_candidates,
+    top_rows,
 )
 from models.mf import CANDIDATE_CATALOGUE, MFConfig
 from models.sequence import _batch_links, _merge_unique_into, id_key
@@ -230,6 +232,8 @@ def _replay(
     active = np.zeros(n_users, np.bool_)
     ranks = np.full(len(users), -1, np.int64)
     n_items = 0
+    # each shopper's latest list: the seeds of the next one (see top_rows)
+    last_lists = np.full((n_users, max(list_length, 1)), EMPTY, np.int64)
 
     scores = np.zeros(n_total, np.float32)
     slot = np.full(n_total, -1, np.int64)
@@ -301,13 +305,14 @@ def _replay(
                         source_weights,
                         link_targets,
                         link_weights,
-                        cap,
                         n_items,
                         met[user],
                         scores,
+                        last_lists[user],
                         best_rows[:length],
                         best_scores[:length],
                     )
+                    last_lists[user, :length] = best_rows[:length]
             ranks[e] = 0
             for r in range(length):
                 if best_rows[r] == item:
@@ -476,38 +481,27 @@ def _dense_list(
     source_weights: np.ndarray,
     link_targets: np.ndarray,
     link_weights: np.ndarray,
-    cap: int,
     n_items: int,
     met: np.ndarray,
     scores: np.ndarray,
+    seeds: np.ndarray,
     best_rows: np.ndarray,
     best_scores: np.ndarray,
 ) -> None:
-    """finish_lists for one shopper over every item learned so far."""
+    """finish_lists for one shopper over every item learned so far, seeded
+    with their previous list (``seeds``): the same list, found sooner."""
     _factor_scores(user, columns, biases, n_items, scores)
     for s in range(len(sources)):
-        for c in range(cap):
-            target = link_targets[sources[s], c]
-            if target == EMPTY:
-                break  # a row keeps its unused slots last
-            amount = link_weights[sources[s], c] * source_weights[s]
-            if amount != 0:
-                scores[target] += amount
+        row = sources[s]
+        add_links(scores, link_targets[row], link_weights[row], source_weights[s])
     if len(best_rows) == 0:
         return
     # popularity, then every item that may not be listed (the shopper's, or
-    # not finite) to -inf: one pass the compiler vectorises, and the scan
-    # after it has a single comparison per item (NaN fails it too)
+    # not finite) to -inf: one pass the compiler vectorises
     for j in range(n_items):
         score = scores[j] + share * log_counts[j] if share != 0 else scores[j]
-        scores[j] = score if score < np.inf and not met[j] else -np.inf
-    floor = -np.inf
-    last = len(best_rows) - 1
-    for j in range(n_items):
-        if scores[j] > floor:
-            _insert(best_rows, best_scores, j, scores[j])
-            if best_rows[last] >= 0:
-                floor = best_scores[last]
+        scores[j] = score if -np.inf < score < np.inf and not met[j] else -np.inf
+    top_rows(scores[:n_items], seeds, best_rows, best_scores)
 
 
 @numba.njit(cache=True)

@@ -297,11 +297,9 @@ def _ahead(
 
 
 @numba.njit(cache=True)
-def _holds(targets: np.ndarray, target: int) -> bool:
-    """Whether a row holds ``target``: a count over its used slots, which
-    the compiler vectorises, where a scan that stops at the match cannot be
-    (and a row comes from memory: the fewer of its cache lines, the better)."""
-    # only the used slots, which come first: bisect for the first unused
+def used_slots(targets: np.ndarray) -> int:
+    """How many slots of a link row are used: they come first, so bisect
+    for the first unused one."""
     low, high = 0, len(targets)
     while low < high:
         middle = (low + high) // 2
@@ -309,8 +307,16 @@ def _holds(targets: np.ndarray, target: int) -> bool:
             high = middle
         else:
             low = middle + 1
+    return low
+
+
+@numba.njit(cache=True)
+def _holds(targets: np.ndarray, target: int) -> bool:
+    """Whether a row holds ``target``: a count over its used slots, which
+    the compiler vectorises, where a scan that stops at the match cannot be
+    (and a row comes from memory: the fewer of its cache lines, the better)."""
     count = 0
-    for s in range(low):
+    for s in range(used_slots(targets)):
         count += targets[s] == target
     return count > 0
 

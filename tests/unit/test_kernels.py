@@ -21,6 +21,7 @@ from models.kernels import (
     candidate_lists,
     draw_items,
     finish_lists,
+    top_rows,
 )
 from models.mf import MFConfig, bpr_gradients, clip_rows
 from models.replay import Replayer, batches
@@ -382,6 +383,74 @@ def test_finish_lists_breaks_ties_to_the_smaller_row_and_fills_short_lists():
     # row 2 hidden (99 is past the table), rows 3 and 5 not finite
     assert rows.tolist() == [[1, 4, 0, 6, -1, -1]]
     assert best.tolist() == [[2.0, 2.0, 1.0, 1.0, -np.inf, -np.inf]]
+
+
+# --- top_rows ----------------------------------------------------------------
+
+
+def seeded_list(scores, seeds, k):
+    rows = np.full(k, -1, np.int64)
+    best = np.full(k, -np.inf, F32)
+    top_rows(scores, np.asarray(seeds, np.int64), rows, best)
+    return rows, best
+
+
+def seeds_case(rng, scores, k):
+    """Seeds as a caller may pass them: some of the true top (a previous
+    list), other rows, unlisted (-inf) rows, -1, rows past the end, repeats."""
+    order = np.lexsort((np.arange(len(scores)), -scores))
+    pool = [
+        order[: rng.integers(0, k + 3)],
+        rng.integers(0, len(scores), rng.integers(0, 6)),
+        np.flatnonzero(scores == -np.inf)[:2],
+        [-1, len(scores) + 3][: rng.integers(0, 3)],
+    ]
+    seeds = np.concatenate([np.asarray(p, np.int64) for p in pool])
+    seeds = np.concatenate([seeds, seeds[: rng.integers(0, 3)]])  # repeats
+    return rng.permutation(seeds)
+
+
+@pytest.mark.parametrize("exact", [True, False])
+@pytest.mark.parametrize("n_items", [1, 5, 63, 64, 65, 200, 1000])
+def test_top_rows_gives_the_same_list_with_any_seeds(n_items, exact):
+    rng = np.random.default_rng(n_items * 2 + exact)
+    for _ in range(30):
+        if exact:  # few distinct values: ties at the bar, across blocks
+            scores = rng.integers(-2, 3, n_items).astype(F32)
+        else:
+            scores = rng.standard_normal(n_items).astype(F32)
+        scores[rng.random(n_items) < 0.2] = -np.inf
+        k = int(rng.choice([1, 3, 20, n_items, n_items + 4]))
+        want_rows, want_scores = top_k(
+            scores[None, :], np.zeros(2, np.int64), np.zeros(0, np.int64), k
+        )
+
+        for seeds in ([], seeds_case(rng, scores, k), seeds_case(rng, scores, k)):
+            rows, best = seeded_list(scores, seeds, k)
+
+            np.testing.assert_array_equal(rows, want_rows[0])
+            np.testing.assert_array_equal(best, want_scores[0])
+
+
+def test_a_seed_does_not_keep_out_an_equal_earlier_row():
+    scores = np.array([1.0, 1.0, 1.0, 1.0, 1.0], F32)
+
+    # seeded with the later rows, the list must still end with the earlier
+    # ones: the scan has to let a score equal to the bar in
+    rows, _ = seeded_list(scores, [4, 3], 2)
+
+    assert rows.tolist() == [0, 1]
+
+
+def test_a_list_the_seeds_leave_short_is_filled_from_every_row():
+    scores = np.full(130, -np.inf, F32)
+    scores[[5, 70, 129]] = [0.5, 3.0, 0.25]
+
+    # the seed (3.0) sets a bar no other row reaches: the rest come after
+    rows, best = seeded_list(scores, [70], 4)
+
+    assert rows.tolist() == [70, 5, 129, -1]
+    assert best.tolist() == [3.0, 0.5, 0.25, -np.inf]
 
 
 # --- candidate_lists ---------------------------------------------------------
