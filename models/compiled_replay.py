@@ -47,11 +47,12 @@ from models.evaluation import LIST_LENGTH, EvaluationResult, Stream
 from models.items import FLOAT, initial_factors
 from models.kernels import (
     _insert,
-    adagrad_steps,
+    adagrad_into,
     add_links,
-    bpr_batch,
     draw_items,
+    event_gradients,
     gather_candidates,
+    sum_slots,
     top_rows,
 )
 from models.mf import CANDIDATE_CATALOGUE, MFConfig
@@ -241,11 +242,28 @@ def _replay(
     sources = np.full(n_sources, EMPTY, np.int64)
     best_rows = np.full(list_length, -1, np.int64)
     best_scores = np.full(list_length, -np.inf, np.float32)
-    user_row = np.zeros(1, np.int64)
     positive_row = np.zeros(1, np.int64)
-    event_weight = np.zeros(1, np.float32)
     one_accum = np.zeros(1, np.float32)
     no_bias = np.zeros(1, np.float32)
+    no_bias_step = np.zeros(1, np.float32)
+    # scratch of one event's step (bpr_batch and adagrad_steps of a batch of
+    # one, without allocating their arrays at every event)
+    n_slots = 1 + n_negatives
+    slot_rows = np.zeros(n_slots, np.int64)
+    slot_grads = np.zeros((n_slots, k), np.float32)
+    slot_bias_grads = np.zeros(n_slots, np.float32)
+    pulls = np.zeros(n_negatives, np.float32)
+    user_grads = np.zeros((1, k), np.float32)
+    user_steps = np.zeros((1, k), np.float32)
+    user_added = np.zeros(1, np.float32)
+    row_buffer = np.zeros(n_slots, np.int64)
+    row_grads = np.zeros((n_slots, k), np.float32)
+    row_bias_grads = np.zeros(n_slots, np.float32)
+    row_counts = np.zeros(n_slots, np.float32)
+    row_accums = np.zeros(n_slots, np.float32)
+    row_steps = np.zeros((n_slots, k), np.float32)
+    row_bias_steps = np.zeros(n_slots, np.float32)
+    row_added = np.zeros(n_slots, np.float32)
     link_weight = np.ones(1, np.float64)
     history_starts = np.zeros(2, np.int64)
     link_sources = np.zeros(0, np.int64)
@@ -334,25 +352,46 @@ def _replay(
             pool = draw_items(rng, n_items, negative_pool, popular_share, memory)
             negatives = pool[rng.integers(0, len(pool), size=n_negatives)]
         positives[e % memory_size] = item
-        user_row[0], positive_row[0], event_weight[0] = 0, item, weights[e]
-        user_grads, rows, vector_grads, bias_grads, step_counts = bpr_batch(
-            user_vectors[user : user + 1],
-            user_row,
-            positive_row,
-            negatives.reshape(1, n_negatives),
-            event_weight,
+        slot_rows[0] = item
+        slot_rows[1:] = negatives
+        event_gradients(
+            user_vectors[user],
+            item,
+            negatives,
+            weights[e],
             vectors,
             biases if item_bias else no_biases,
             reg,
             clip,
             item_bias,
+            0,
+            1,
+            slot_grads,
+            slot_bias_grads,
+            pulls,
+            user_grads[0],
         )
+        n_rows = _distinct_sorted(slot_rows, row_buffer)
+        rows = row_buffer[:n_rows]
+        row_grads[:] = 0.0
+        row_bias_grads[:] = 0.0
+        row_counts[:] = 0.0
+        sum_slots(
+            slot_rows, slot_grads, slot_bias_grads, 1, rows,
+            row_grads, row_bias_grads, row_counts,
+        )  # fmt: skip
+        # bpr_batch sums a shopper's events onto zeros: 0 + x is x, but for
+        # the sign of a zero
+        for f in range(k):
+            user_grads[0, f] = np.float32(0.0) + user_grads[0, f]
         one_accum[0] = user_accums[user]
-        user_steps, _, added = adagrad_steps(
-            user_grads, no_bias, one_accum, lr, adagrad, np.inf
-        )
+        user_added[0] = 0.0
+        adagrad_into(
+            user_grads, no_bias, one_accum, lr, adagrad, np.inf,
+            user_steps, no_bias_step, user_added,
+        )  # fmt: skip
         if _add_if_finite(user_vectors[user], user_steps[0]):
-            user_accums[user] = one_accum[0] + added[0]
+            user_accums[user] = one_accum[0] + user_added[0]
         if seq_on:
             n_history = min(n_recent[user], seq_steps)
             history_starts[1] = n_history
@@ -365,18 +404,22 @@ def _replay(
         _remember(recent[user], n_recent, user, item)
 
         # ... then apply_item_update: the item steps, the links
-        vector_steps, bias_steps, item_added = adagrad_steps(
-            vector_grads, bias_grads, item_accums[rows], lr, adagrad, item_limit
-        )
-        for r in range(len(rows)):
+        for r in range(n_rows):
+            row_accums[r] = item_accums[rows[r]]
+        row_added[:] = 0.0
+        adagrad_into(
+            row_grads[:n_rows], row_bias_grads[:n_rows], row_accums[:n_rows], lr,
+            adagrad, item_limit, row_steps, row_bias_steps, row_added,
+        )  # fmt: skip
+        for r in range(n_rows):
             row = rows[r]
-            new_bias = biases[row] + bias_steps[r]
-            if np.isfinite(new_bias) and _add_if_finite(vectors[row], vector_steps[r]):
+            new_bias = biases[row] + row_bias_steps[r]
+            if np.isfinite(new_bias) and _add_if_finite(vectors[row], row_steps[r]):
                 columns[:, row] = vectors[row]
                 biases[row] = new_bias
-                item_accums[row] += item_added[r]
-            if step_counts[r] > 0:
-                counts[row] += np.int64(step_counts[r])
+                item_accums[row] += row_added[r]
+            if row_counts[r] > 0:
+                counts[row] += np.int64(row_counts[r])
                 log_counts[row] = log_table[counts[row]]
                 _promote(head, in_head, head_state, counts, row, n_head)
         if seq_on and len(link_sources):
@@ -385,10 +428,27 @@ def _replay(
                 link_weights,
                 link_sources,
                 link_targets_new,
-                link_amounts.astype(np.float32),
+                link_amounts,
                 keys,
             )
     return ranks, user_vectors, vectors, biases, link_targets, link_weights
+
+
+@numba.njit(cache=True)
+def _distinct_sorted(values: np.ndarray, out: np.ndarray) -> int:
+    """np.unique of a handful of values into ``out``: how many there are."""
+    n = 0
+    for value in values:
+        at = n
+        while at > 0 and out[at - 1] > value:
+            at -= 1
+        if at > 0 and out[at - 1] == value:
+            continue
+        for moved in range(n, at, -1):
+            out[moved] = out[moved - 1]
+        out[at] = value
+        n += 1
+    return n
 
 
 @numba.njit(cache=True)

@@ -82,57 +82,31 @@ def bpr_batch(
     """
     n_events, n_negatives = negative_rows.shape
     k = user_matrix.shape[1]
-    reg = np.float32(regularization)
-    limit = np.float32(clip)
     user_grads = np.zeros(user_matrix.shape, np.float32)
     item_grads = np.zeros((n_events * (1 + n_negatives), k), np.float32)
     bias_grads = np.zeros(n_events * (1 + n_negatives), np.float32)
     pulls = np.zeros(n_negatives, np.float32)
     grad = np.zeros(k, np.float32)
     for e in range(n_events):
-        user = user_matrix[event_users[e]]
-        positive_row = positive_rows[e]
-        positive = vectors[positive_row]
-
-        # predict: the positive's margin over each negative, and its pull
-        positive_score = _dot(user, positive) + biases[positive_row]
-        total = np.float32(0.0)
-        for n in range(n_negatives):
-            j = negative_rows[e, n]
-            pulls[n] = 0.0
-            if j != positive_row:
-                margin = positive_score - _dot(user, vectors[j]) - biases[j]
-                margin = min(max(margin, np.float32(-30.0)), np.float32(30.0))
-                pulls[n] = weights[e] / (np.float32(1.0) + np.exp(margin))
-                total += pulls[n]
-
-        # gradient, regularise, clip: the shopper's ...
-        for f in range(k):
-            grad[f] = reg * user[f]
-        for n in range(n_negatives):
-            negative = vectors[negative_rows[e, n]]
-            for f in range(k):
-                grad[f] -= pulls[n] * (positive[f] - negative[f])
-        _clip(grad, limit)
+        event_gradients(
+            user_matrix[event_users[e]],
+            positive_rows[e],
+            negative_rows[e],
+            weights[e],
+            vectors,
+            biases,
+            regularization,
+            clip,
+            use_bias,
+            e,
+            n_events + e * n_negatives,
+            item_grads,
+            bias_grads,
+            pulls,
+            grad,
+        )
         for f in range(k):
             user_grads[event_users[e], f] += grad[f]
-
-        # ... the positive's (slot e) and the negatives' (slots after B)
-        for f in range(k):
-            item_grads[e, f] = -total * user[f] + reg * positive[f]
-        _clip(item_grads[e], limit)
-        if use_bias:
-            step = -total + reg * biases[positive_row]
-            bias_grads[e] = min(max(step, -limit), limit)
-        for n in range(n_negatives):
-            j = negative_rows[e, n]
-            slot = n_events + e * n_negatives + n
-            for f in range(k):
-                item_grads[slot, f] = pulls[n] * user[f] + reg * vectors[j, f]
-            _clip(item_grads[slot], limit)
-            if use_bias:
-                step = pulls[n] + reg * biases[j]
-                bias_grads[slot] = min(max(step, -limit), limit)
 
     # sum per item: positives first, then negatives, as the slots are laid out
     slot_rows = np.concatenate((positive_rows, negative_rows.ravel()))
@@ -140,14 +114,111 @@ def bpr_batch(
     vector_sums = np.zeros((len(rows), k), np.float32)
     bias_sums = np.zeros(len(rows), np.float32)
     counts = np.zeros(len(rows), np.float32)
-    at = np.searchsorted(rows, slot_rows)
-    for slot in range(len(slot_rows)):
-        for f in range(k):
-            vector_sums[at[slot], f] += item_grads[slot, f]
-        bias_sums[at[slot]] += bias_grads[slot]
-    for e in range(n_events):
-        counts[at[e]] += 1.0
+    sum_slots(
+        slot_rows,
+        item_grads,
+        bias_grads,
+        n_events,
+        rows,
+        vector_sums,
+        bias_sums,
+        counts,
+    )
     return user_grads, rows, vector_sums, bias_sums, counts
+
+
+@numba.njit(cache=True)
+def event_gradients(
+    user: np.ndarray,
+    positive_row: int,
+    negative_rows: np.ndarray,
+    weight: np.float32,
+    vectors: np.ndarray,
+    biases: np.ndarray,
+    regularization: float,
+    clip: float,
+    use_bias: bool,
+    positive_slot: int,
+    first_negative_slot: int,
+    item_grads: np.ndarray,
+    bias_grads: np.ndarray,
+    pulls: np.ndarray,
+    grad: np.ndarray,
+) -> None:
+    """One event's part of :func:`bpr_batch`: the shopper's clipped gradient
+    into ``grad``; the positive's into slot ``positive_slot`` of
+    ``item_grads``/``bias_grads``, the negatives' into the slots from
+    ``first_negative_slot`` on (``pulls`` is scratch, one per negative)."""
+    n_negatives = len(negative_rows)
+    k = len(user)
+    reg = np.float32(regularization)
+    limit = np.float32(clip)
+    positive = vectors[positive_row]
+
+    # predict: the positive's margin over each negative, and its pull
+    positive_score = _dot(user, positive) + biases[positive_row]
+    total = np.float32(0.0)
+    for n in range(n_negatives):
+        j = negative_rows[n]
+        pulls[n] = 0.0
+        if j != positive_row:
+            margin = positive_score - _dot(user, vectors[j]) - biases[j]
+            margin = min(max(margin, np.float32(-30.0)), np.float32(30.0))
+            pulls[n] = weight / (np.float32(1.0) + np.exp(margin))
+            total += pulls[n]
+
+    # gradient, regularise, clip: the shopper's ...
+    for f in range(k):
+        grad[f] = reg * user[f]
+    for n in range(n_negatives):
+        negative = vectors[negative_rows[n]]
+        for f in range(k):
+            grad[f] -= pulls[n] * (positive[f] - negative[f])
+    _clip(grad, limit)
+
+    # ... the positive's and the negatives'
+    for f in range(k):
+        item_grads[positive_slot, f] = -total * user[f] + reg * positive[f]
+    _clip(item_grads[positive_slot], limit)
+    bias_grads[positive_slot] = 0.0
+    if use_bias:
+        step = -total + reg * biases[positive_row]
+        bias_grads[positive_slot] = min(max(step, -limit), limit)
+    for n in range(n_negatives):
+        j = negative_rows[n]
+        slot = first_negative_slot + n
+        for f in range(k):
+            item_grads[slot, f] = pulls[n] * user[f] + reg * vectors[j, f]
+        _clip(item_grads[slot], limit)
+        bias_grads[slot] = 0.0
+        if use_bias:
+            step = pulls[n] + reg * biases[j]
+            bias_grads[slot] = min(max(step, -limit), limit)
+
+
+@numba.njit(cache=True)
+def sum_slots(
+    slot_rows: np.ndarray,
+    item_grads: np.ndarray,
+    bias_grads: np.ndarray,
+    n_events: int,
+    rows: np.ndarray,
+    vector_sums: np.ndarray,
+    bias_sums: np.ndarray,
+    counts: np.ndarray,
+) -> None:
+    """The slots' gradients summed per row of ``rows`` (their distinct rows,
+    sorted) in slot order, into the zeroed ``vector_sums``/``bias_sums``;
+    ``counts`` the events each row was the positive of (the first
+    ``n_events`` slots)."""
+    k = item_grads.shape[1]
+    for slot in range(len(slot_rows)):
+        at = np.searchsorted(rows, slot_rows[slot])
+        for f in range(k):
+            vector_sums[at, f] += item_grads[slot, f]
+        bias_sums[at] += bias_grads[slot]
+        if slot < n_events:
+            counts[at] += 1.0
 
 
 @numba.njit(cache=True)
@@ -354,11 +425,32 @@ def adagrad_steps(
     steps (both already negated: add them) and what each row adds to G.
     """
     n_rows, k = grads.shape
-    cut = np.float32(limit)
-    rate = np.float32(learning_rate)
     vector_steps = np.empty((n_rows, k), np.float32)
     bias_steps = np.empty(n_rows, np.float32)
     added = np.zeros(n_rows, np.float32)
+    adagrad_into(
+        grads, bias_grads, accums, learning_rate, adagrad, limit,
+        vector_steps, bias_steps, added,
+    )  # fmt: skip
+    return vector_steps, bias_steps, added
+
+
+@numba.njit(cache=True)
+def adagrad_into(
+    grads: np.ndarray,
+    bias_grads: np.ndarray,
+    accums: np.ndarray,
+    learning_rate: float,
+    adagrad: bool,
+    limit: float,
+    vector_steps: np.ndarray,
+    bias_steps: np.ndarray,
+    added: np.ndarray,
+) -> None:
+    """:func:`adagrad_steps` into arrays the caller holds (``added`` zeroed)."""
+    n_rows, k = grads.shape
+    cut = np.float32(limit)
+    rate = np.float32(learning_rate)
     for r in range(n_rows):
         vector_steps[r] = grads[r]
         _clip(vector_steps[r], cut)
@@ -373,7 +465,6 @@ def adagrad_steps(
         for f in range(k):
             vector_steps[r, f] *= -scale
         bias_steps[r] = -scale * bias
-    return vector_steps, bias_steps, added
 
 
 @numba.njit(cache=True)
