@@ -7,15 +7,21 @@ microseconds an event, nearly all of it Python between the kernels. Here the
 same loop runs in one compiled call over arrays: the same state (factors,
 Adagrad sums, counts, link rows, each shopper's latest items, the memory of
 recent positives), the same numpy random stream, and the same kernels for
-every step of learning (``bpr_batch``, ``adagrad_steps``, ``draw_items``,
-``_batch_links``, ``_merge_unique_into``), called in the order
-``OnlineMF.learn_batch`` and ``apply_item_update`` call them.
+every step of learning (the cores of ``bpr_batch`` and ``adagrad_steps``,
+``event_gradients``, ``sum_slots`` and ``adagrad_into``, on scratch arrays
+held across events; ``draw_items``, ``_batch_links``,
+``_merge_unique_into``), called in the order ``OnlineMF.learn_batch`` and
+``apply_item_update`` call them.
 
-What differs is only how a list's factor scores are summed: the worker
-multiplies by the item matrix with BLAS; here each item's dot product is
-summed factor by factor (over a transposed copy, so that the loop over items
-vectorises). Float32 sums in another order can differ in the last bit, so a
-near tie may rank the other way; learning never reads a list, so the learned
+What differs is how a list is found, not what it holds. Its factor scores
+are summed factor by factor (over a transposed copy, so that the loop over
+items vectorises) where the worker multiplies by the item matrix with BLAS;
+float32 sums in another order can differ in the last bit, so a near tie may
+rank the other way. And its top 20 is seeded with the shopper's previous
+list (:func:`models.kernels.top_rows`): those rows, most of them still near
+the top after one step of learning, set the bar that the scan over every
+item must reach, so that it skips most of the items and inserts few; the
+list is the same with any seeds. Learning never reads a list, so the learned
 state is the same to the bit. ``tests/unit/test_compiled_replay.py`` checks
 both on real data: equal state, and equal ranks (on those streams, every
 test ranks alike).
@@ -26,13 +32,11 @@ It covers what the in-process replay of a dataset needs: every event id once
 ``compiled=True`` takes this loop at micro-batch 1 when it applies and the
 Python one otherwise.
 
-Known shortcoming (#3): on MovieLens this loop makes 9.1-10.6x River's
-events/s across runs, at the issue's 10x line rather than over it with a
-margin. An event costs ~23 us there: the list ~15 (the factor sums and the
-top-20 scan over every item), learning ~7.5, of which the link merge ~4,
-bound by memory (19 links an event into rows of 300 int64 targets and
-float32 weights kept apart); a row layout that keeps each entry's target
-and weight together would be the next thing to try.
+Where an event's time goes on MovieLens (~16 us in all, cycle counts of the
+loop's sections): the list ~9 (the 16-factor sums over the items seen so
+far ~4, the links of the shopper's latest items ~1.4, the top-20 scan
+~2.5), learning ~7, of which the link merge is ~3.5 (about 19 links an
+event into sorted rows of up to 300).
 """
 
 from __future__ import annotations

@@ -280,15 +280,16 @@ def top_rows(
         if listable and not _listed(best_rows, row):
             _insert(best_rows, best_scores, row, scores[row])
             n_seeded += 1
+    reaching = np.empty(SCAN_BLOCK, np.int64)
     if n_seeded == 0 or best_rows[last] >= 0:
-        _scan(scores, best_rows, best_scores, best_scores[last])
+        _scan(scores, best_rows, best_scores, best_scores[last], reaching)
         return
     # a list the seeds left short (one of them was just bought, say): first
     # only the rows that reach the weakest seed, which most often fill it;
     # the rest of the rows only if they do not
-    _scan(scores, best_rows, best_scores, best_scores[n_seeded - 1])
+    _scan(scores, best_rows, best_scores, best_scores[n_seeded - 1], reaching)
     if best_rows[last] < 0:
-        _scan(scores, best_rows, best_scores, np.float32(-np.inf))
+        _scan(scores, best_rows, best_scores, np.float32(-np.inf), reaching)
 
 
 @numba.njit(cache=True)
@@ -297,26 +298,39 @@ def _scan(
     best_rows: np.ndarray,
     best_scores: np.ndarray,
     bar: np.float32,
+    reaching: np.ndarray,
 ) -> None:
     """Enter every row of ``scores`` that reaches ``bar`` and is not listed
-    yet; once the list is full, its last entry is the bar."""
+    yet; once the list is full, its last entry is the bar. ``reaching`` is
+    scratch, one entry per row of a block."""
     last = len(best_rows) - 1
     n_items = len(scores)
     full = n_items - n_items % SCAN_BLOCK
     floor = best_scores[last] if best_rows[last] >= 0 else bar
     for start in range(0, n_items, SCAN_BLOCK):
         if start < full:
+            # the block's rows that reach the floor, without a branch per
+            # row: a count first (vectorised), then their offsets gathered
             block = scores[start : start + SCAN_BLOCK]
-            reaching = 0
+            n_reaching = 0
             for j in range(SCAN_BLOCK):
-                reaching += block[j] >= floor
-            if reaching == 0:
+                n_reaching += block[j] >= floor
+            if n_reaching == 0:
                 continue
-        for j in range(start, min(start + SCAN_BLOCK, n_items)):
-            score = scores[j]
+            n_reaching = 0
+            for j in range(SCAN_BLOCK):
+                reaching[n_reaching] = start + j
+                n_reaching += block[j] >= floor
+        else:
+            n_reaching = n_items - start
+            for j in range(n_reaching):
+                reaching[j] = start + j
+        for r in range(n_reaching):
+            row = reaching[r]
+            score = scores[row]
             # an equal score may still enter: a seed can be a later row
-            if score >= floor and score > -np.inf and not _listed(best_rows, j):
-                _insert(best_rows, best_scores, j, score)
+            if score >= floor and score > -np.inf and not _listed(best_rows, row):
+                _insert(best_rows, best_scores, row, score)
                 if best_rows[last] >= 0:
                     floor = best_scores[last]
 

@@ -17,6 +17,7 @@ import pytest
 from models.events import EVENT_TYPES, Event
 from models.kernels import (
     adagrad_steps,
+    add_links,
     bpr_batch,
     candidate_lists,
     draw_items,
@@ -451,6 +452,22 @@ def test_a_list_the_seeds_leave_short_is_filled_from_every_row():
 
     assert rows.tolist() == [70, 5, 129, -1]
     assert best.tolist() == [3.0, 0.5, 0.25, -np.inf]
+
+
+def test_add_links_adds_a_row_s_used_slots_times_the_source_weight():
+    rng = np.random.default_rng(5)
+    for used in (0, 1, 7, 8):
+        targets = np.full(8, EMPTY, np.int64)
+        targets[:used] = rng.permutation(12)[:used]  # the merges: unused last
+        weights = np.zeros(8, F32)
+        weights[:used] = rng.choice([0.0, 0.5, 1.5], used)
+        scores = rng.standard_normal(12).astype(F32)
+        want = scores.copy()
+        np.add.at(want, targets[:used], weights[:used] * F32(0.75))
+
+        add_links(scores, targets, weights, F32(0.75))
+
+        np.testing.assert_array_equal(scores, want)
 
 
 # --- candidate_lists ---------------------------------------------------------
