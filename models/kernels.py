@@ -512,19 +512,32 @@ def gather_candidates(
             amount = link_weights[source, c] * source_weights[s]
             if target == EMPTY or amount == 0:
                 continue
-            if slot[target] < 0:
-                slot[target] = n
-                rows[n] = target
-                scores[n] = _dot_fast(user, vectors[target]) + biases[target]
-                n += 1
+            n = _enter_candidate(user, vectors, biases, target, slot, rows, scores, n)
             scores[slot[target]] += amount
     for target in head:
-        if slot[target] < 0:
-            slot[target] = n
-            rows[n] = target
-            scores[n] = _dot_fast(user, vectors[target]) + biases[target]
-            n += 1
+        n = _enter_candidate(user, vectors, biases, target, slot, rows, scores, n)
     return n
+
+
+@numba.njit(cache=True)
+def _enter_candidate(
+    user: np.ndarray,
+    vectors: np.ndarray,
+    biases: np.ndarray,
+    target: int,
+    slot: np.ndarray,
+    rows: np.ndarray,
+    scores: np.ndarray,
+    n: int,
+) -> int:
+    """Give ``target`` the next place among the candidates (factor score
+    plus bias) unless it has one; returns how many there are now."""
+    if slot[target] >= 0:
+        return n
+    slot[target] = n
+    rows[n] = target
+    scores[n] = _dot_fast(user, vectors[target]) + biases[target]
+    return n + 1
 
 
 @numba.njit(cache=True)
